@@ -1,0 +1,147 @@
+"""Run an agent CLI as a child process that cannot hang the worker or exhaust its memory.
+
+- The child starts in its own session, so a timeout kills the whole process group
+  (the CLI, the shells and language servers it spawned), not just the direct child.
+- stdout is kept up to a byte limit and the rest is drained and counted, so a runaway
+  agent writing gigabytes costs CPU time, not memory; stderr keeps only its tail.
+- Whatever the exit, leftover members of the group are killed: an agent's background
+  processes never outlive its task.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_READ_CHUNK = 64 * 1024
+_READER_JOIN_S = 5.0
+
+
+@dataclass
+class ProcessOutcome:
+    returncode: int | None
+    stdout: bytes
+    stdout_total_bytes: int
+    stderr_tail: bytes
+    stderr_total_bytes: int
+    timed_out: bool
+    duration_s: float
+
+    @property
+    def stdout_truncated(self) -> bool:
+        return self.stdout_total_bytes > len(self.stdout)
+
+    def stderr_text(self) -> str:
+        return self.stderr_tail.decode("utf-8", errors="replace")
+
+
+class _HeadCapture(threading.Thread):
+    """Keeps the first `limit` bytes of a pipe and drains the rest."""
+
+    def __init__(self, fd: int, limit: int):
+        super().__init__(daemon=True)
+        self._fd, self._limit = fd, limit
+        self.data = bytearray()
+        self.total = 0
+
+    def run(self) -> None:
+        while chunk := _read(self._fd):
+            self.total += len(chunk)
+            room = self._limit - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+
+
+class _TailCapture(threading.Thread):
+    """Keeps the last `limit` bytes of a pipe."""
+
+    def __init__(self, fd: int, limit: int):
+        super().__init__(daemon=True)
+        self._fd, self._limit = fd, limit
+        self.data = bytearray()
+        self.total = 0
+
+    def run(self) -> None:
+        while chunk := _read(self._fd):
+            self.total += len(chunk)
+            self.data += chunk
+            if len(self.data) > 2 * self._limit:  # trim in batches, not per chunk
+                del self.data[: len(self.data) - self._limit]
+        del self.data[: max(0, len(self.data) - self._limit)]
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, _READ_CHUNK)
+    except OSError:
+        return b""
+
+
+def kill_process_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_bounded(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str,
+    timeout_s: float,
+    max_stdout_bytes: int,
+    stderr_tail_bytes: int = 16 * 1024,
+    kill_grace_s: float = 5.0,
+) -> ProcessOutcome:
+    """Run argv to completion or timeout. Raises OSError only if it cannot start at all."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(cwd),
+        env=dict(env),
+        start_new_session=True,  # own process group: pgid == pid
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = _HeadCapture(proc.stdout.fileno(), max_stdout_bytes)
+    err = _TailCapture(proc.stderr.fileno(), stderr_tail_bytes)
+    out.start()
+    err.start()
+
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_process_group(proc.pid, signal.SIGTERM)  # let the CLI save its state
+        try:
+            proc.wait(timeout=kill_grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        # Also reaps grandchildren that still hold our pipes open.
+        kill_process_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for reader, pipe in ((out, proc.stdout), (err, proc.stderr)):
+            reader.join(_READER_JOIN_S)
+            if not reader.is_alive():  # a process that left our group may still hold it
+                pipe.close()
+
+    return ProcessOutcome(
+        returncode=proc.returncode,
+        stdout=bytes(out.data),
+        stdout_total_bytes=out.total,
+        stderr_tail=bytes(err.data),
+        stderr_total_bytes=err.total,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+    )

@@ -1,0 +1,335 @@
+"""worker.yaml and task files: load, validate, and explain what is wrong.
+
+worker.yaml (rendered by the deploy to /etc/autocode/worker.yaml)
+-----------------------------------------------------------------
+Required:
+  worker_id:          worker-1          letters, digits, ".", "_", "-"
+  project_id:         autocode          same characters
+  agent_type:         claude-code       claude-code | aider | qwen-coder | cursor-cli
+  daily_budget_usd:   "25.00"           > 0; a string or number, read as an exact Decimal
+Optional (default):
+  data_root:          /mnt/data/autocode    must exist (the deploy creates it)
+  timezone:           UTC                   IANA zone in which budget days start
+  model_endpoint:     (none)                http(s) URL of the orchestrator's model API
+  model_name:         (none)                e.g. qwen-2.5-coder-32b
+  model_api_key_file: (none)                file holding the model API key; must exist
+  task_timeout_s:     3600                  wall-clock limit per task, > 0
+  kill_grace_s:       10                    SIGTERM -> SIGKILL delay on timeout, >= 0
+  max_turns:          50                    default agent turn limit per task, > 0
+  max_output_mb:      16                    stdout kept per task; the rest is discarded
+  poll_interval_s:    5                     how often `serve` looks at the inbox, > 0
+  artifacts_dir:      <data_root>/worker-artifacts/<worker_id>
+  inbox_dir:          <artifacts_dir>/inbox
+  logs_root:          <data_root>/logs
+  agent_binaries:     {}                    per agent type, a command name or full path,
+                                            e.g. {claude-code: /usr/local/bin/claude}
+  agent_extra_args:   []                    extra arguments for the agent CLI
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+
+Task file (JSON, one task)
+--------------------------
+  {"prompt": "Fix the failing test",      required, non-empty string
+   "id": "fix-123",                       optional; default: the file name without .json
+   "workdir": "/srv/repos/app",           optional absolute path of an existing directory;
+                                          default <artifacts_dir>/projects/<id> (created)
+   "timeout_s": 900,                      optional, > 0; default task_timeout_s
+   "max_turns": 30,                       optional, > 0; default max_turns
+   "max_cost_usd": "2.50"}                optional, > 0; caps this task below the day's rest
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from autocode.agents.factory import AgentFactory
+from autocode.agents.types import TASK_ID_PATTERN, AgentConfig, Task
+
+DEFAULT_CONFIG_PATH = Path("/etc/autocode/worker.yaml")
+DEFAULT_DATA_ROOT = Path("/mnt/data/autocode")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """Invalid worker.yaml; the message lists every problem with its fix."""
+
+
+class TaskFileError(ValueError):
+    """Invalid task file; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str
+    project_id: str
+    agent_type: str
+    daily_budget_usd: Decimal
+    data_root: Path = DEFAULT_DATA_ROOT
+    timezone: str = "UTC"
+    model_endpoint: str | None = None
+    model_name: str | None = None
+    model_api_key_file: Path | None = None
+    task_timeout_s: float = 3600.0
+    kill_grace_s: float = 10.0
+    max_turns: int = 50
+    max_output_mb: int = 16
+    poll_interval_s: float = 5.0
+    artifacts_dir: Path = Path()
+    inbox_dir: Path = Path()
+    logs_root: Path = Path()
+    agent_binaries: dict[str, str] = field(default_factory=dict)
+    agent_extra_args: tuple[str, ...] = ()
+
+    @property
+    def results_dir(self) -> Path:
+        return self.artifacts_dir / "results"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.artifacts_dir / "runs"
+
+    @property
+    def projects_dir(self) -> Path:
+        return self.artifacts_dir / "projects"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.artifacts_dir / "rejected"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_root / "financial" / "reports"
+
+    def agent_config(self) -> AgentConfig:
+        return AgentConfig(
+            worker_id=self.worker_id, project_id=self.project_id,
+            daily_budget_usd=self.daily_budget_usd, workdir=self.projects_dir,
+            logs_dir=self.runs_dir, model_endpoint=self.model_endpoint,
+            model_name=self.model_name, api_key_file=self.model_api_key_file,
+            binary_path=self.agent_binaries.get(self.agent_type),
+            task_timeout_s=self.task_timeout_s, kill_grace_s=self.kill_grace_s,
+            max_turns=self.max_turns, max_output_bytes=self.max_output_mb * 1024 * 1024,
+            extra_args=self.agent_extra_args,
+        )
+
+
+_REQUIRED = ("worker_id", "project_id", "agent_type", "daily_budget_usd")
+_KNOWN = set(WorkerConfig.__dataclass_fields__)
+
+
+def load_worker_config(path: Path | str) -> WorkerConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass --config with its path") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return parse_worker_config(raw, source=str(path))
+
+
+def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> WorkerConfig:
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    def problem(name: str, text: str) -> None:
+        problems.append(f"{name}: {text}")
+
+    for name in sorted(set(raw) - _KNOWN):
+        problem(str(name), f"unknown setting; valid settings: {', '.join(sorted(_KNOWN))}")
+    for name in _REQUIRED:
+        if raw.get(name) in (None, ""):
+            problem(name, "required; set it in the config file")
+
+    for name in ("worker_id", "project_id"):
+        value = raw.get(name)
+        if value not in (None, "") and not (isinstance(value, str) and NAME_PATTERN.match(value)):
+            problem(name, f"{value!r} is not a valid name; use letters, digits, '.', '_', '-'")
+        else:
+            values[name] = value
+
+    agent_type = raw.get("agent_type")
+    if agent_type not in (None, "") and agent_type not in AgentFactory.AGENTS:
+        problem("agent_type", f"unknown agent type {agent_type!r}; "
+                              f"use one of {', '.join(sorted(AgentFactory.AGENTS))}")
+    values["agent_type"] = agent_type
+
+    if raw.get("daily_budget_usd") not in (None, ""):
+        budget = _decimal(raw["daily_budget_usd"])
+        if budget is None or budget <= 0:
+            problem("daily_budget_usd", f"{raw['daily_budget_usd']!r} is not a positive amount "
+                                        "of USD; write e.g. \"25.00\"")
+        else:
+            values["daily_budget_usd"] = budget
+
+    data_root = Path(str(raw.get("data_root") or DEFAULT_DATA_ROOT))
+    if not data_root.is_absolute():
+        problem("data_root", f"{data_root} must be an absolute path")
+    elif not data_root.is_dir():
+        problem("data_root", f"{data_root} does not exist; create it (the deploy does) "
+                             "or point data_root at an existing directory")
+    values["data_root"] = data_root
+
+    tz = raw.get("timezone", "UTC")
+    try:
+        ZoneInfo(str(tz))
+        values["timezone"] = str(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        problem("timezone", f"{tz!r} is not an IANA time zone; use e.g. UTC or Europe/Berlin")
+
+    endpoint = raw.get("model_endpoint")
+    if endpoint is not None:
+        parsed = urlparse(str(endpoint))
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            problem("model_endpoint", f"{endpoint!r} is not an http(s) URL; "
+                                      "write e.g. http://orchestrator:8000/v1")
+        values["model_endpoint"] = str(endpoint)
+    if raw.get("model_name") is not None:
+        values["model_name"] = str(raw["model_name"])
+    if raw.get("model_api_key_file") is not None:
+        key_file = Path(str(raw["model_api_key_file"]))
+        if not key_file.is_file():
+            problem("model_api_key_file", f"{key_file} does not exist; create it or remove "
+                                          "the setting")
+        values["model_api_key_file"] = key_file
+
+    for name, kind, minimum in (("task_timeout_s", float, 0), ("kill_grace_s", float, -1),
+                                ("max_turns", int, 0), ("max_output_mb", int, 0),
+                                ("poll_interval_s", float, 0)):
+        if name in raw:
+            value = raw[name]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if kind is int:
+                ok = ok and isinstance(value, int)
+            if not ok or value <= minimum:
+                wanted = "an integer" if kind is int else "a number"
+                bound = "> 0" if minimum == 0 else ">= 0"
+                problem(name, f"{value!r} is not valid; use {wanted} {bound}")
+            else:
+                values[name] = kind(value)
+
+    binaries = raw.get("agent_binaries") or {}
+    if not isinstance(binaries, dict):
+        problem("agent_binaries", "must be a mapping of agent type to command or path")
+        binaries = {}
+    for kind, command in binaries.items():
+        if kind not in AgentFactory.AGENTS:
+            problem(f"agent_binaries.{kind}", f"unknown agent type; use one of "
+                                              f"{', '.join(sorted(AgentFactory.AGENTS))}")
+        elif not isinstance(command, str) or not command:
+            problem(f"agent_binaries.{kind}", "must be a command name or an absolute path")
+        elif "/" in command and not Path(command).is_file():
+            problem(f"agent_binaries.{kind}", f"{command} does not exist; install the agent "
+                                              "or fix the path")
+    values["agent_binaries"] = {str(k): str(v) for k, v in binaries.items()}
+
+    extra = raw.get("agent_extra_args") or []
+    if not (isinstance(extra, list) and all(isinstance(a, str) for a in extra)):
+        problem("agent_extra_args", "must be a list of strings")
+        extra = []
+    values["agent_extra_args"] = tuple(extra)
+
+    for name in ("artifacts_dir", "inbox_dir", "logs_root"):
+        if raw.get(name) is not None and not Path(str(raw[name])).is_absolute():
+            problem(name, f"{raw[name]} must be an absolute path")
+
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
+
+    artifacts = Path(str(raw.get("artifacts_dir") or
+                         data_root / "worker-artifacts" / values["worker_id"]))
+    values["artifacts_dir"] = artifacts
+    values["inbox_dir"] = Path(str(raw.get("inbox_dir") or artifacts / "inbox"))
+    values["logs_root"] = Path(str(raw.get("logs_root") or data_root / "logs"))
+    return WorkerConfig(**values)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return result if result.is_finite() else None
+
+
+_TASK_FIELDS = {"id", "prompt", "workdir", "timeout_s", "max_turns", "max_cost_usd"}
+
+
+def load_task_file(path: Path | str, config: WorkerConfig) -> Task:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: task file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskFileError(f"{path}: cannot read task file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise TaskFileError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return parse_task(raw, config, default_id=path.stem, source=str(path))
+
+
+def parse_task(raw: Any, config: WorkerConfig, default_id: str, source: str) -> Task:
+    def fail(name: str, text: str) -> TaskFileError:
+        return TaskFileError(f"{source}: {name}: {text}")
+
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{source}: expected a JSON object with at least \"prompt\"")
+    unknown = sorted(set(raw) - _TASK_FIELDS)
+    if unknown:
+        raise fail(unknown[0], f"unknown field; valid fields: {', '.join(sorted(_TASK_FIELDS))}")
+
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise fail("prompt", "required; a non-empty string telling the agent what to do")
+
+    task_id = raw.get("id", default_id)
+    if not isinstance(task_id, str) or not TASK_ID_PATTERN.match(task_id):
+        raise fail("id", f"{task_id!r} is not a valid id; use letters, digits, '.', '_', '-' "
+                         "(at most 128)")
+
+    workdir = raw.get("workdir")
+    if workdir is None:
+        workdir_path = config.projects_dir / task_id
+    elif not isinstance(workdir, str) or not Path(workdir).is_absolute():
+        raise fail("workdir", f"{workdir!r} must be an absolute path string")
+    else:
+        workdir_path = Path(workdir)
+        if not workdir_path.is_dir():
+            raise fail("workdir", f"{workdir} does not exist; clone the repository first or "
+                                  "leave workdir out to use a fresh project directory")
+
+    timeout = raw.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or timeout <= 0):
+        raise fail("timeout_s", f"{timeout!r} must be a number > 0 (seconds)")
+    max_turns = raw.get("max_turns")
+    if max_turns is not None and (isinstance(max_turns, bool) or not isinstance(max_turns, int)
+                                  or max_turns <= 0):
+        raise fail("max_turns", f"{max_turns!r} must be an integer > 0")
+    max_cost = None
+    if raw.get("max_cost_usd") is not None:
+        max_cost = _decimal(raw["max_cost_usd"])
+        if max_cost is None or max_cost <= 0:
+            raise fail("max_cost_usd", f"{raw['max_cost_usd']!r} must be a positive amount "
+                                       "of USD, e.g. \"2.50\"")
+
+    return Task(task_id=task_id, prompt=prompt, workdir=workdir_path,
+                timeout_s=float(timeout) if timeout is not None else None,
+                max_turns=max_turns, max_cost_usd=max_cost)
