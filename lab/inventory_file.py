@@ -1,0 +1,66 @@
+"""The inventory the lab writes: the same format a user writes for their own VMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .config import LabConfig
+
+# Agents the lab's four workers run by default: one of each kind.
+LAB_AGENTS = ("claude-code", "aider", "qwen-coder", "cursor-cli")
+
+
+def known_hosts_file(cfg: LabConfig) -> Path:
+    return cfg.ssh_key.parent / "known_hosts"
+
+
+def write_known_hosts(cfg: LabConfig) -> None:
+    """We generated every host key ourselves, so strict checking costs nothing."""
+    lines = []
+    for m in cfg.machines:
+        for pub in sorted((cfg.rootfs(m) / "etc/ssh").glob("ssh_host_*_key.pub")):
+            keytype, key = pub.read_text().split()[:2]
+            lines.append(f"{m.ssh_addr} {keytype} {key}")
+    known_hosts_file(cfg).write_text("\n".join(lines) + "\n")
+
+
+def render(cfg: LabConfig) -> dict:
+    orch = cfg.orchestrator
+    doc: dict = {
+        "ssh": {
+            "user": "root",
+            "port": 22,
+            "key": str(cfg.ssh_key),
+            "known_hosts": str(known_hosts_file(cfg)),
+        },
+        "data": {
+            "worker_network": cfg.worker_net,
+            "worker_network6": cfg.worker_net6,
+            "extra_ca_certs": [str(p) for p in cfg.extra_ca_certs],
+        },
+        "orchestrator": {
+            "name": orch.name,
+            "address": orch.uplink_addr,
+            "worker_address": orch.worker_addr,
+        },
+        "workers": [
+            {
+                "name": w.name,
+                "address": w.worker_addr,
+                "agent_type": LAB_AGENTS[(n - 1) % len(LAB_AGENTS)],
+                "daily_budget_usd": 25,
+            }
+            for n, w in ((n, cfg.worker(n)) for n in range(1, cfg.workers + 1))
+        ],
+        # Not deployed to: the stand-in for the outside world, used by the tests.
+        "lab": {"internet": cfg.internet.uplink_addr, "internet6": cfg.internet.uplink_addr6},
+    }
+    return doc
+
+
+def write(cfg: LabConfig) -> Path:
+    header = "# Written by `python -m lab up`; the format is documented in README.md.\n"
+    cfg.inventory_file.write_text(header + yaml.safe_dump(render(cfg), sort_keys=False))
+    return cfg.inventory_file

@@ -1,0 +1,149 @@
+"""Lab machines: a copy of the image per host, booted with systemd-nspawn.
+
+There is no systemd on the control machine to supervise containers, so the lab keeps a
+pid file per host and, for teardown after a crash, finds stray container processes by
+the root directory they run in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .config import LabConfig, Machine
+from .sh import LabError, run
+
+
+def create_rootfs(cfg: LabConfig, m: Machine, image: Path, pubkey: str,
+                  nameservers: list[str]) -> None:
+    root = cfg.rootfs(m)
+    if (root / "etc" / "os-release").exists():
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = root.with_name("rootfs.partial")
+    run("rm", "-rf", str(partial))
+    run("cp", "-a", "--reflink=auto", str(image), str(partial))
+    _customise(cfg, m, partial, pubkey, nameservers)
+    partial.rename(root)
+
+
+def _customise(cfg: LabConfig, m: Machine, root: Path, pubkey: str,
+               nameservers: list[str]) -> None:
+    (root / "etc/hostname").write_text(f"{m.name}\n")
+    hosts = ["127.0.0.1 localhost", f"127.0.1.1 {m.name}", "::1 localhost ip6-localhost"]
+    (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
+    (root / "etc/machine-id").write_text(os.urandom(16).hex() + "\n")
+    (root / "etc/resolv.conf").write_text("".join(f"nameserver {ns}\n" for ns in nameservers))
+
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(pubkey)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    run("ssh-keygen", "-A", "-f", str(root))  # this host's own host keys
+
+    # Trust what the control machine trusts (e.g. an intercepting egress proxy), so HTTPS
+    # to the package registries works from the hosts as it does from here.
+    if cfg.extra_ca_certs:
+        dest = root / "usr/local/share/ca-certificates/lab-control-machine"
+        dest.mkdir(parents=True, exist_ok=True)
+        for cert in cfg.extra_ca_certs:
+            (dest / cert.name).write_bytes(cert.read_bytes())
+        run("chroot", str(root), "update-ca-certificates", "--fresh")
+
+
+def pid_of(cfg: LabConfig, m: Machine) -> int | None:
+    try:
+        pid = int(cfg.pidfile(m).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"systemd-nspawn" in cmdline and str(cfg.rootfs(m)).encode() in cmdline else None
+
+
+def boot(cfg: LabConfig, m: Machine) -> None:
+    if pid_of(cfg, m):
+        return
+    log = open(cfg.logfile(m), "ab")
+    proc = subprocess.Popen(
+        [
+            "systemd-nspawn", "--boot", "--quiet",
+            f"--directory={cfg.rootfs(m)}", f"--machine={m.name}",
+            # No systemd on the control machine: nothing to register with or scope under.
+            "--register=no", "--keep-unit",
+            f"--network-namespace-path=/run/netns/{m.netns}",
+            "--link-journal=no", "--resolv-conf=off", "--timezone=off",
+            "--console=passive",
+            # A host must manage its own firewall and sysctls, as a VM does; nspawn grants
+            # this only with --private-network, which a namespace path excludes.
+            "--capability=CAP_NET_ADMIN",
+        ],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
+    )
+    cfg.pidfile(m).write_text(str(proc.pid))
+
+
+def wait_for_ssh(cfg: LabConfig, m: Machine, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_of(cfg, m):
+            tail = cfg.logfile(m).read_text(errors="replace")[-2000:]
+            raise LabError(f"{m.name}: systemd-nspawn exited while booting:\n{tail}")
+        try:
+            with socket.create_connection((m.ssh_addr, 22), timeout=2) as sock:
+                if sock.recv(4).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise LabError(f"{m.name}: sshd did not answer on {m.ssh_addr}:22 within {timeout:.0f}s; "
+                   f"see {cfg.logfile(m)}")
+
+
+def container_pids(cfg: LabConfig) -> list[int]:
+    """Every process whose root is inside a lab machine: containers orphaned by a killed
+    systemd-nspawn keep running, and this is how we find them."""
+    machines = str(cfg.machines_dir.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            root = os.readlink(proc / "root")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if root.startswith(machines) or (
+            b"systemd-nspawn" in cmdline and machines.encode() in cmdline
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def stop_all(cfg: LabConfig, grace: float = 15) -> None:
+    """Power the containers off cleanly, then kill whatever is left."""
+    for m_dir in cfg.machines_dir.glob("*/nspawn.pid") if cfg.machines_dir.exists() else []:
+        try:
+            os.kill(int(m_dir.read_text()), signal.SIGTERM)  # nspawn asks init to power off
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + grace
+    while container_pids(cfg) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    for pid in container_pids(cfg):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while container_pids(cfg) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if container_pids(cfg):
+        raise LabError(f"lab processes survived SIGKILL: {container_pids(cfg)}")
