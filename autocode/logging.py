@@ -71,3 +71,11 @@ def configure_logging(
             )
         )
     return log_dir
+
+
+def remove_logging() -> None:
+    """Remove the sinks configure_logging() added (at shutdown, or between tests)."""
+    with _lock:
+        for handler_id in _our_handler_ids:
+            logger.remove(handler_id)
+        _our_handler_ids.clear()
