@@ -8,7 +8,8 @@ Two sinks:
 
 configure_logging() replaces the sinks it added before, so calling it twice never
 duplicates output. It also drops loguru's default stderr sink, which would repeat the
-console lines.
+console lines. Both sinks have diagnose off: loguru's variable dumps in tracebacks would
+otherwise print whatever secret a local variable held.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def configure_logging(
                                 "project_id": project_id})
         if console:
             _our_handler_ids.append(
-                logger.add(sys.stderr, level=level, format=CONSOLE_FORMAT, colorize=False)
+                logger.add(sys.stderr, level=level, format=CONSOLE_FORMAT, colorize=False,
+                           backtrace=False, diagnose=False)
             )
         _our_handler_ids.append(
             logger.add(
@@ -68,6 +70,10 @@ def configure_logging(
                 compression="gz",
                 serialize=True,
                 encoding="utf-8",
+                # diagnose=True would print local variables in tracebacks: a token or
+                # secret held in a local would then reach the log.
+                backtrace=False,
+                diagnose=False,
             )
         )
     return log_dir

@@ -58,12 +58,14 @@ class SecretManager:
     ):
         self.vault_addr = vault_addr or os.environ.get("VAULT_ADDR") or "https://orchestrator:8200"
         self.mount_point = mount_point.strip("/")
+        verify = str(ca_bundle) if ca_bundle else True
         session = requests.Session()
         session.trust_env = False  # no proxy, no REQUESTS_CA_BUNDLE override: see docstring
+        session.verify = verify  # hvac prefers the session's setting over its own argument
         self._client = hvac.Client(
             url=self.vault_addr,
             token=self._resolve_token(token, token_file),
-            verify=str(ca_bundle) if ca_bundle else True,
+            verify=verify,
             timeout=timeout_s,
             session=session,
         )
