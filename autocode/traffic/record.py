@@ -1,0 +1,88 @@
+"""Build one redacted traffic record from a finished mitmproxy HTTP flow.
+
+The record is plain JSON-able data. ``record_id`` (a uuid assigned here, in the hook) is
+also the Elasticsearch ``_id``, so a retried bulk request can never store it twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from mitmproxy import http
+
+from autocode.traffic.redact import Redactor
+
+UNKNOWN_WORKER = "unknown"
+PROXY_HOST = socket.gethostname()
+
+
+def iso_timestamp(epoch: float) -> str:
+    """UTC ISO-8601 with milliseconds, the form Elasticsearch's date type parses."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def normalise_ip(address: str) -> str:
+    """'::ffff:10.0.0.5' -> '10.0.0.5' so IPv4 workers match on dual-stack listeners."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _body_size(message: http.Message) -> int | None:
+    if message.raw_content is not None:
+        return len(message.raw_content)
+    # Streamed bodies are not kept; fall back to the declared length if any.
+    declared = message.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
+def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redactor) -> dict:
+    request = flow.request
+    response = flow.response
+    client_ip = normalise_ip(flow.client_conn.peername[0]) if flow.client_conn.peername else ""
+    server_ip = None
+    if flow.server_conn and flow.server_conn.peername:
+        server_ip = normalise_ip(flow.server_conn.peername[0])
+
+    if response is not None and response.timestamp_end:
+        ended = response.timestamp_end
+    elif flow.error is not None:
+        ended = flow.error.timestamp
+    else:
+        ended = None
+    duration_ms = round((ended - request.timestamp_start) * 1000, 3) if ended else None
+
+    record: dict[str, Any] = {
+        "@timestamp": iso_timestamp(request.timestamp_start),
+        "record_id": uuid.uuid4().hex,
+        "worker_id": workers.get(client_ip, UNKNOWN_WORKER),
+        "client_ip": client_ip,
+        "server_ip": server_ip,
+        "proxy_host": PROXY_HOST,
+        "method": request.method,
+        "scheme": request.scheme,
+        "host": request.pretty_host,
+        "port": request.port,
+        "url": redactor.url(request.pretty_url),
+        "http_version": request.http_version,
+        "status": response.status_code if response is not None else None,
+        "request_headers": redactor.headers_dict(request.headers.fields),
+        "response_headers": (
+            redactor.headers_dict(response.headers.fields) if response is not None else {}
+        ),
+        "request_bytes": _body_size(request),
+        "response_bytes": _body_size(response) if response is not None else None,
+        "duration_ms": duration_ms,
+        "error": flow.error.msg if flow.error is not None else None,
+    }
+    return record
