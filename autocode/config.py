@@ -208,17 +208,17 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> Wor
                                           "the setting")
         values["model_api_key_file"] = key_file
 
-    for name, kind, minimum in (("task_timeout_s", float, 0), ("kill_grace_s", float, -1),
-                                ("max_turns", int, 0), ("max_output_mb", int, 0),
-                                ("poll_interval_s", float, 0)):
+    for name, kind, zero_ok in (("task_timeout_s", float, False), ("kill_grace_s", float, True),
+                                ("max_turns", int, False), ("max_output_mb", int, False),
+                                ("poll_interval_s", float, False)):
         if name in raw:
             value = raw[name]
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if kind is int:
                 ok = ok and isinstance(value, int)
-            if not ok or value <= minimum:
+            if not ok or value < 0 or (value == 0 and not zero_ok):
                 wanted = "an integer" if kind is int else "a number"
-                bound = "> 0" if minimum == 0 else ">= 0"
+                bound = ">= 0" if zero_ok else "> 0"
                 problem(name, f"{value!r} is not valid; use {wanted} {bound}")
             else:
                 values[name] = kind(value)

@@ -64,6 +64,8 @@ def test_full_config_from_yaml(minimal, tmp_path):
     ({"model_endpoint": "orchestrator:8000"}, "model_endpoint", "http(s) URL"),
     ({"model_api_key_file": "/nonexistent/key"}, "model_api_key_file", "does not exist"),
     ({"task_timeout_s": 0}, "task_timeout_s", "> 0"),
+    ({"kill_grace_s": -0.5}, "kill_grace_s", ">= 0"),
+    ({"poll_interval_s": "5s"}, "poll_interval_s", "a number > 0"),
     ({"max_turns": 2.5}, "max_turns", "an integer"),
     ({"agent_binaries": {"claude-code": "/nonexistent/claude"}}, "agent_binaries.claude-code",
      "does not exist"),
