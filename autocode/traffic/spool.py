@@ -111,6 +111,8 @@ class SegmentWriter:
 
     def open_new_segment(self) -> None:
         self.close()
+        if self.spool_dir.exists() and not self.spool_dir.is_dir():
+            raise SpoolError(f"{self.spool_dir} exists but is not a directory")
         os.makedirs(self.spool_dir, exist_ok=True)
         highest = max((seq for seq, _ in list_segments(self.spool_dir)), default=0)
         highest = max(highest, Checkpoint.load(self.spool_dir / "checkpoint.json").segment)
@@ -168,8 +170,9 @@ class SegmentWriter:
         except OSError:
             same = False
         if not same:
+            name = self._path.name
             self._abandon_segment()
-            raise SpoolError(f"spool segment {self._path.name} vanished from {self.spool_dir}")
+            raise SpoolError(f"spool segment {name} vanished from {self.spool_dir}")
 
     def _abandon_segment(self) -> None:
         # Cut a partial write back off, then never touch this segment again.
