@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Debian packages the lab drives on the control machine.
+LAB_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client
+LAB_TOOLS := systemd-nspawn debootstrap iptables ip ssh
 
-.PHONY: venv lab lab-down test unit-test lab-test bench lint clean
+.PHONY: venv system-deps lab lab-down test unit-test lab-test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +18,37 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Installs the lab's tools only when one is missing, so a ready machine is not touched.
+system-deps:
+	@missing=0; for t in $(LAB_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ $$(id -u) != 0 ]; then echo "run as root to install: $(LAB_PACKAGES)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LAB_PACKAGES); \
+	fi
+
+# The main job on the lab: boot the hosts, then provision them.
+lab: system-deps $(STAMP)
+	$(PY) -m lab up
+	AUTOCODE_INVENTORY=$${AUTOCODE_INVENTORY:-/var/lib/autocode-lab/inventory.yaml} \
+	  $(VENV)/bin/pyinfra inventory.py deploy.py -y
+
+lab-down: $(STAMP)
+	$(PY) -m lab down
+
 unit-test: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# The lab fixture tears the lab down itself; the trap covers a killed pytest.
+lab-test: system-deps $(STAMP)
+	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; $(PY) -m pytest -q -rs tests/lab
+
+test: unit-test lab-test
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
