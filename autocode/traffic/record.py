@@ -6,6 +6,7 @@ also the Elasticsearch ``_id``, so a retried bulk request can never store it twi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import uuid
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net.http import url as mitm_url
 
 from autocode.traffic.redact import Redactor
 
@@ -27,6 +29,7 @@ def iso_timestamp(epoch: float) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of worker IPs, seen on every flow
 def normalise_ip(address: str) -> str:
     """'::ffff:10.0.0.5' -> '10.0.0.5' so IPv4 workers match on dual-stack listeners."""
     try:
@@ -36,6 +39,24 @@ def normalise_ip(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_authority(authority: str) -> tuple[str, int | None]:
+    return mitm_url.parse_authority(authority, check=False)
+
+
+def pretty_host_and_url(request: http.Request) -> tuple[str, str]:
+    """``request.pretty_host`` and ``request.pretty_url`` (what --showhost shows), computed
+    with one cached Host parse: mitmproxy's own properties parse it twice per flow."""
+    if request.first_line_format == "authority":
+        return request.pretty_host, request.pretty_url
+    host_header = request.host_header
+    if not host_header:
+        return request.host, request.url
+    host, port = _parse_authority(host_header)
+    port = port or mitm_url.default_port(request.scheme) or 443
+    return host, mitm_url.unparse(request.scheme, host, port, request.path)
 
 
 def _body_size(message: http.Message) -> int | None:
@@ -60,6 +81,7 @@ def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redacto
         ended = flow.error.timestamp
     else:
         ended = None
+    host, url = pretty_host_and_url(request)
     duration_ms = round((ended - request.timestamp_start) * 1000, 3) if ended else None
 
     record: dict[str, Any] = {
@@ -71,9 +93,9 @@ def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redacto
         "proxy_host": PROXY_HOST,
         "method": request.method,
         "scheme": request.scheme,
-        "host": request.pretty_host,
+        "host": host,
         "port": request.port,
-        "url": redactor.url(request.pretty_url),
+        "url": redactor.url(url),
         "http_version": request.http_version,
         "status": response.status_code if response is not None else None,
         "request_headers": redactor.headers_dict(request.headers.fields),

@@ -105,6 +105,8 @@ class Redactor:
 
     def url(self, url: str) -> str:
         """Remove userinfo passwords, secret query parameters and known token formats."""
+        if "?" not in url and "@" not in url:
+            return self.value_re.sub(REDACTED, url)  # fast path: nothing to parse
         try:
             parts = urlsplit(url)
         except ValueError:

@@ -1,0 +1,17 @@
+"""The Elasticsearch test double as its own process: ``python -m bench.es_double_process PORT``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tests.unit.traffic.es_double import ESDouble
+
+if __name__ == "__main__":
+    double = ESDouble()
+    double.port = int(sys.argv[1])
+    double.start()
+    print("ready", flush=True)
+    deadline = time.monotonic() + 3600  # bounded even if the parent forgets us
+    while time.monotonic() < deadline:
+        time.sleep(1)
