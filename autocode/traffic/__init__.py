@@ -29,6 +29,7 @@ Config file (YAML); only ``spool_dir`` is required::
     queue_size: 10000            # max flows in flight + records waiting for the spool
     writer_batch_max: 1000       # records per spool write (one fsync per batch)
     writer_retry_seconds: 1.0    # retry/probe interval of a failed spool
+    writer_linger_seconds: 0.05  # group commit: gather records this long per fsync (0 = off)
     segment_max_bytes: 67108864  # rotate segments at this size (>= 1024)
     min_free_bytes: 16777216     # fail closed before the disk is completely full (0 = off)
     keep_shipped_segments: false # true: move shipped segments to spool_dir/shipped/

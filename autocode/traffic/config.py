@@ -45,6 +45,7 @@ class TrafficConfig:
     queue_size: int = 10_000
     writer_batch_max: int = 1000
     writer_retry_seconds: float = 1.0
+    writer_linger_seconds: float = 0.05
     segment_max_bytes: int = 64 * 1024 * 1024
     min_free_bytes: int = 16 * 1024 * 1024
     keep_shipped_segments: bool = False
@@ -86,6 +87,14 @@ def _positive_float(data: dict, key: str, default: float, prefix: str = "") -> f
             f"must be a number > 0, got {value!r}",
             f"set it to a number of seconds such as {default}",
         )
+    return float(value)
+
+
+def _non_negative_float(data: dict, key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _fail(key, f"must be a number >= 0, got {value!r}",
+                    f"set it to a number of seconds such as {default}")
     return float(value)
 
 
@@ -200,6 +209,9 @@ def parse_config(data: Any) -> TrafficConfig:
         writer_batch_max=_positive_int(data, "writer_batch_max", defaults.writer_batch_max),
         writer_retry_seconds=_positive_float(
             data, "writer_retry_seconds", defaults.writer_retry_seconds
+        ),
+        writer_linger_seconds=_non_negative_float(
+            data, "writer_linger_seconds", defaults.writer_linger_seconds
         ),
         segment_max_bytes=_positive_int(
             data, "segment_max_bytes", defaults.segment_max_bytes, minimum=1024

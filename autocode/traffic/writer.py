@@ -11,8 +11,9 @@ Queue policy (why it never blocks the proxy and never loses a record silently):
   freed up by the time it ends, otherwise it is dropped, counted and logged as an error.
 - The record of a reserved flow is always accepted (the queue itself is unbounded; the
   reservations are what bound it), so a finished flow never fails to enqueue.
-- One thread drains the queue in batches of up to ``writer_batch_max`` records, appends
-  them to the spool and fsyncs once per batch, then frees their slots. If the write fails
+- One thread drains the queue in batches of up to ``writer_batch_max`` records (waiting
+  ``writer_linger_seconds`` after the first one so a batch gathers what arrives meanwhile),
+  appends them to the spool and fsyncs once per batch, then frees their slots. If the write fails
   (disk full, read-only, directory gone), the batch is kept in memory and retried every
   ``writer_retry_seconds`` while the addon fails closed; traffic resumes by itself once a
   write succeeds.
@@ -117,6 +118,7 @@ class BackgroundWriter:
         pending: list[bytes] = []
         stop_seen = False
         retry = self.config.writer_retry_seconds
+        linger = self.config.writer_linger_seconds
         while True:
             if not pending:
                 if stop_seen:
@@ -127,6 +129,10 @@ class BackgroundWriter:
                     self._probe()
                     continue
                 stop_seen = self._take(item, pending, stop_seen)
+                if linger and not stop_seen:
+                    # Group commit: one fsync for everything that arrives meanwhile, rather
+                    # than one per record (fsync and thread wake-ups cost the proxy CPU).
+                    self._stopping.wait(linger)
                 while len(pending) < self.config.writer_batch_max:
                     try:
                         stop_seen = self._take(self._queue.get_nowait(), pending, stop_seen)
