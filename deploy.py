@@ -8,6 +8,7 @@ import sys
 
 from pyinfra import host
 
+from infra.operations import barrier
 from infra.validation import check_host
 from roles import orchestrator, worker
 
@@ -25,5 +26,8 @@ if _problems:
 
 if _role == "orchestrator":
     orchestrator.apply()
-else:
+# Workers reach package mirrors, DNS and everything else only through the orchestrator's
+# proxy and forwarder: those must be up before any worker operation runs.
+barrier(name="Orchestrator ready", description="the orchestrator's services are up")
+if _role == "worker":
     worker.apply()

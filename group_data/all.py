@@ -43,3 +43,12 @@ filebeat_version = "8.16.1"
 mitmproxy_version = "11.0.2"
 ray_version = "2.40.0"
 vllm_version = "0.6.6"
+
+# Upstream resolvers for the orchestrator's DNS forwarder; empty: its own resolv.conf's.
+dns_upstreams: list[str] = []
+
+# The transparent proxy. Unaudited egress is worse than none: when its spool cannot be
+# written, new flows get a 503 unless this is False.
+proxy_fail_closed = True
+# Local paths of CA certificates the proxy trusts upstream, beyond the system store.
+proxy_upstream_ca_certs: list[str] = []

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import LabConfig, Machine
+from .config import PREFIX, LabConfig, Machine
 from .sh import LabError, run
 
 
@@ -67,9 +67,42 @@ def pid_of(cfg: LabConfig, m: Machine) -> int | None:
     return pid if b"systemd-nspawn" in cmdline and str(cfg.rootfs(m)).encode() in cmdline else None
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_dirs(m: Machine | None = None) -> list[Path]:
+    """Where this machine's cgroups live, in each hierarchy systemd inside will use.
+
+    With no systemd outside to give each container a scope, nspawn would put every
+    container's payload in the same cgroup, and their systemds would trip over each
+    other's units (status=219/CGROUP). So each machine gets its own."""
+    tail = f"{PREFIX}/{m.name}" if m else PREFIX
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # the unified hierarchy alone
+        return [CGROUP_ROOT / tail]
+    return [CGROUP_ROOT / h / tail for h in ("systemd", "unified")
+            if (CGROUP_ROOT / h / "cgroup.procs").exists()]
+
+
+def _enter_cgroups(dirs: list[Path]) -> None:
+    for d in dirs:
+        (d / "cgroup.procs").write_text("0\n")  # "0": the writing process itself
+
+
+def remove_cgroups() -> None:
+    for top in _cgroup_dirs():
+        if top.exists():
+            for d in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if d.is_dir():
+                    d.rmdir()
+            top.rmdir()
+
+
 def boot(cfg: LabConfig, m: Machine) -> None:
     if pid_of(cfg, m):
         return
+    cgroups = _cgroup_dirs(m)
+    for d in cgroups:
+        d.mkdir(parents=True, exist_ok=True)
     log = open(cfg.logfile(m), "ab")
     proc = subprocess.Popen(
         [
@@ -85,6 +118,7 @@ def boot(cfg: LabConfig, m: Machine) -> None:
             "--capability=CAP_NET_ADMIN",
         ],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        preexec_fn=lambda: _enter_cgroups(cgroups),
         env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
     )
     cfg.pidfile(m).write_text(str(proc.pid))
@@ -147,3 +181,4 @@ def stop_all(cfg: LabConfig, grace: float = 15) -> None:
         time.sleep(0.2)
     if container_pids(cfg):
         raise LabError(f"lab processes survived SIGKILL: {container_pids(cfg)}")
+    remove_cgroups()

@@ -1,8 +1,8 @@
 """The orchestrator: model serving, secrets, logs, the egress proxy, the Nomad server."""
 
-from tasks import base
+from tasks import base, dns, mitmproxy, network
 
-TASKS = [base.apply]
+TASKS = [base.apply, network.orchestrator, dns.orchestrator, mitmproxy.orchestrator]
 
 
 def apply() -> None:

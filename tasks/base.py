@@ -22,7 +22,7 @@ def apply() -> None:
     accounts(host.data.system_users, host.data.service_user, host.data.service_home)
     packages(host.data.base_packages, host.data.apt_cache_seconds)
     data_tree(host.data.data_root, host.data.data_tree)
-    install_dirs(host.data.install_dir, host.data.config_dir, host.data.service_user)
+    install_dirs(host.data.install_dir, host.data.config_dir)
     extra_ca_certs(host.data.extra_ca_certs)
 
 
@@ -55,12 +55,13 @@ def data_tree(root: str, tree: dict[str, tuple[str, str, str]]) -> None:
                         mode=mode)
 
 
-def install_dirs(install_dir: str, config_dir: str, service_user: str) -> None:
+def install_dirs(install_dir: str, config_dir: str) -> None:
     files.directory(name=f"Install folder {install_dir}", path=install_dir,
                     user="root", group="root", mode="755")
-    # Configuration may hold credentials: readable by the platform's group, no one else.
+    # Every service reads its own configuration here; files holding credentials carry
+    # their own restrictive owner and mode.
     files.directory(name=f"Config folder {config_dir}", path=config_dir,
-                    user="root", group=service_user, mode="750")
+                    user="root", group="root", mode="755")
 
 
 def extra_ca_certs(certs: list[str]) -> None:

@@ -67,7 +67,7 @@ def test_hosts_have_accounts_tree_and_trust(lab, ssh):
         for rel, want in tree.items():
             assert seen[f"{root}/{rel}".rstrip("/")] == want, f"{host}: {rel}"
         assert ssh(host, "stat -c '%U %G %a' /etc/autocode").stdout.split() == [
-            "root", "autocode", "750"]
+            "root", "root", "755"]
         # Each extra CA, byte for byte, in the bundle that TLS clients read.
         bundle = ssh(host, "cat /etc/ssl/certs/ca-certificates.crt").stdout
         for cert in lab.extra_ca_certs:
