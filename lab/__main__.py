@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import image, inventory_file, machines, network
+from . import fixture_ca, image, inventory_file, machines, network
 from .config import LabConfig, default_extra_ca_certs
 from .preflight import check_root, check_tools
 from .sh import LabError, run
@@ -62,8 +62,13 @@ def up(cfg: LabConfig) -> None:
     network.ensure_switch(cfg, mtu)
     state["workers"] = cfg.workers
     _save_state(cfg, state)
+    inet = cfg.internet
+    tls = fixture_ca.ensure_fixture_tls(cfg.fixture_dir, [inet.uplink_addr, inet.uplink_addr6],
+                                        ["internet.lab"])
     for m in cfg.machines:
         machines.create_rootfs(cfg, m, img, pubkey, _nameservers())
+        if m.role == "internet":
+            machines.install_internet_fixture(cfg, m, tls)
         network.ensure_machine_net(cfg, m, mtu)
         machines.boot(cfg, m)
     for m in cfg.machines:

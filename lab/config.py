@@ -128,6 +128,10 @@ class LabConfig:
         return self.state_dir / "inventory.yaml"
 
     @property
+    def fixture_dir(self) -> Path:
+        return self.state_dir / "fixture"
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 

@@ -19,6 +19,7 @@ from .sh import run
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iptables", "iproute2",
     "ca-certificates", "curl", "sudo", "procps", "netbase",
+    "iputils-ping",  # the tests show ICMP from a worker failing
 )
 
 APT_SOURCES = f"""\

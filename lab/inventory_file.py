@@ -39,6 +39,8 @@ def render(cfg: LabConfig) -> dict:
             "worker_network": cfg.worker_net,
             "worker_network6": cfg.worker_net6,
             "extra_ca_certs": [str(p) for p in cfg.extra_ca_certs],
+            # The internet fixture's own test CA: trusted by the proxy alone.
+            "proxy_upstream_ca_certs": [str(cfg.fixture_dir / "internet-ca.crt")],
         },
         "orchestrator": {
             "name": orch.name,

@@ -17,6 +17,40 @@ from pathlib import Path
 from .config import PREFIX, LabConfig, Machine
 from .sh import LabError, run
 
+FIXTURE_SERVER = Path(__file__).resolve().parent / "fixtures" / "internet_server.py"
+FIXTURE_UNIT = """\
+[Unit]
+Description=lab internet fixture: HTTP, HTTPS, TCP, UDP and DNS servers
+After=network.target
+
+[Service]
+ExecStart=/usr/bin/python3 /opt/lab-internet/internet_server.py \\
+    --bind 0.0.0.0 --bind :: --http-port 80 --https-port 443 \\
+    --cert /opt/lab-internet/server.crt --key /opt/lab-internet/server.key \\
+    --tcp-port 8081 --udp-port 9999 --dns-port 53 --dns-answer {answer}
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def install_internet_fixture(cfg: LabConfig, m: Machine, tls) -> None:
+    """The stand-in for the outside world serves on its own, from boot."""
+    root = cfg.rootfs(m)
+    dest = root / "opt/lab-internet"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "internet_server.py").write_bytes(FIXTURE_SERVER.read_bytes())
+    (dest / "server.crt").write_bytes(tls.server_cert.read_bytes())
+    (dest / "server.key").write_bytes(tls.server_key.read_bytes())
+    (dest / "server.key").chmod(0o600)
+    unit = root / "etc/systemd/system/lab-internet.service"
+    unit.write_text(FIXTURE_UNIT.format(answer=m.uplink_addr))
+    wants = root / "etc/systemd/system/multi-user.target.wants/lab-internet.service"
+    wants.parent.mkdir(parents=True, exist_ok=True)
+    if not wants.is_symlink():
+        wants.symlink_to("/etc/systemd/system/lab-internet.service")
+
 
 def create_rootfs(cfg: LabConfig, m: Machine, image: Path, pubkey: str,
                   nameservers: list[str]) -> None:
@@ -88,13 +122,35 @@ def _enter_cgroups(dirs: list[Path]) -> None:
         (d / "cgroup.procs").write_text("0\n")  # "0": the writing process itself
 
 
-def remove_cgroups() -> None:
+def cgroup_pids() -> set[int]:
+    pids: set[int] = set()
     for top in _cgroup_dirs():
-        if top.exists():
-            for d in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if d.is_dir():
-                    d.rmdir()
-            top.rmdir()
+        # Containers shutting down remove cgroups under our feet: os.walk shrugs that off.
+        for dirpath, _, _ in os.walk(top):
+            try:
+                pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+    return pids
+
+
+def remove_cgroups(timeout: float = 10) -> None:
+    """Remove the machines' cgroups, deepest first; a cgroup being vacated by exiting
+    processes is busy for a moment, so retry until the deadline."""
+    deadline = time.monotonic() + timeout
+    for top in _cgroup_dirs():
+        for dirpath, _, _ in list(os.walk(top, topdown=False)):
+            while True:
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise LabError(
+                            f"cgroup {dirpath} is still in use: {cgroup_pids()}") from None
+                    time.sleep(0.2)
 
 
 def boot(cfg: LabConfig, m: Machine) -> None:
@@ -158,7 +214,7 @@ def container_pids(cfg: LabConfig) -> list[int]:
             b"systemd-nspawn" in cmdline and machines.encode() in cmdline
         ):
             found.append(int(proc.name))
-    return found
+    return sorted(set(found) | cgroup_pids())
 
 
 def stop_all(cfg: LabConfig, grace: float = 15) -> None:

@@ -1,6 +1,8 @@
 """Lab tests: a fresh lab per session, torn down afterwards even when tests fail.
 
-Set AUTOCODE_LAB_KEEP=1 to leave the lab running after the session for a look around.
+Set AUTOCODE_LAB_KEEP=1 to leave the lab running after the session for a look around,
+and AUTOCODE_LAB_REUSE=1 to run against the lab already up instead of fresh hosts (for
+iterating on one test; the converge and idempotence figures then mean nothing).
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ def lab() -> LabConfig:
         if not shutil.which(tool):
             pytest.skip(f"{tool} is missing; `make test` installs it")
     cfg = replace(LabConfig(workers=4), extra_ca_certs=default_extra_ca_certs())
-    _lab("down")  # bare hosts: whatever an earlier session left is thrown away
-    started = time.monotonic()
-    _lab("up", "--workers", str(cfg.workers))
-    record("lab up (fresh hosts)", f"{time.monotonic() - started:.1f} s")
+    if not (os.environ.get("AUTOCODE_LAB_REUSE") and cfg.inventory_file.exists()):
+        _lab("down")  # bare hosts: whatever an earlier session left is thrown away
+        started = time.monotonic()
+        _lab("up", "--workers", str(cfg.workers))
+        record("lab up (fresh hosts)", f"{time.monotonic() - started:.1f} s")
     try:
         yield cfg
     finally:
@@ -100,15 +103,23 @@ def pyinfra(lab) -> Pyinfra:
 
 @pytest.fixture(scope="session")
 def ssh(lab):
-    def run(host: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(host: str, command: str, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:
         machine = lab.machine(host)
         proc = subprocess.run(
             ["ssh", "-i", str(lab.ssh_key), "-o", "BatchMode=yes",
              "-o", f"UserKnownHostsFile={known_hosts_file(lab)}",
              "-o", "StrictHostKeyChecking=yes", f"root@{machine.ssh_addr}", command],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=300, input=input,
         )
         if check:
             assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
         return proc
     return run
+
+
+@pytest.fixture(scope="session")
+def converged(pyinfra) -> None:
+    """The lab provisioned; quick when an earlier test already converged it."""
+    result, _ = pyinfra.run()
+    assert result["results"]["totals"]["error"] == 0
