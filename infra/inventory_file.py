@@ -200,12 +200,15 @@ def _check_cross_host(hosts: list[tuple[str, str, dict[str, Any]]], problems: li
         seen_addrs[addr] = name
     for name, role, data in hosts:
         net = data.get("worker_network")
-        if role != "worker" or not net:
+        # A worker is reached at its address; the orchestrator serves them at its own.
+        field = "address" if role == "worker" else "worker_address"
+        addr = data["ssh_hostname"] if role == "worker" else data.get("orchestrator_address")
+        if not net or not addr:
             continue
         try:
-            inside = ipaddress.ip_address(data["ssh_hostname"]) in ipaddress.ip_network(net)
+            inside = ipaddress.ip_address(addr) in ipaddress.ip_network(net)
         except ValueError:
             continue  # a DNS name, or a bad network reported by check_host
         if not inside:
-            problems.append(f"worker {name!r}: address {data['ssh_hostname']} is outside "
-                            f"worker_network {net}; fix the address or the network")
+            problems.append(f"{role} {name!r}: {field} {addr} is outside worker_network "
+                            f"{net}; fix the address or the network")

@@ -78,6 +78,9 @@ def check_host(name: str, role: str, data: dict[str, Any]) -> list[str]:
             bad("extra_ca_certs", f"{cert}: name it *.crt, as update-ca-certificates "
                 "only reads those")
 
+    if data.get("worker_network") is None:
+        bad("worker_network", "missing; the firewall needs the workers' network: set it "
+            "under data:, e.g. worker_network: 10.0.1.0/24")
     for field in ("worker_network", "worker_network6"):
         value = data.get(field)
         if value is not None:

@@ -164,7 +164,22 @@ def test_extra_ca_cert_good(tmp_path, key):
 def test_worker_outside_worker_network(tmp_path, key):
     doc = good(key)
     doc["workers"][0]["address"] = "10.99.7.11"
-    assert "outside worker_network 10.99.1.0/24" in problems(tmp_path, doc)
+    assert "address 10.99.7.11 is outside worker_network 10.99.1.0/24" in problems(tmp_path, doc)
+
+
+def test_worker_network_is_required(tmp_path, key):
+    doc = good(key)
+    del doc["data"]["worker_network"]
+    msg = problems(tmp_path, doc)
+    assert "worker 'worker1': worker_network: missing" in msg
+    assert "worker_network: 10.0.1.0/24" in msg
+
+
+def test_orchestrator_gateway_outside_worker_network(tmp_path, key):
+    doc = good(key)
+    doc["orchestrator"]["worker_address"] = "10.99.9.1"
+    msg = problems(tmp_path, doc)
+    assert "orchestrator 'orchestrator': worker_address 10.99.9.1 is outside" in msg
 
 
 def test_unknown_fields_are_named(tmp_path, key):
