@@ -139,7 +139,8 @@ def ensure_switch(cfg: LabConfig, mtu: int) -> None:
 
 def ensure_machine_net(cfg: LabConfig, m: Machine, mtu: int) -> None:
     ns = m.netns
-    if not _netns_exists(ns):
+    fresh = not _netns_exists(ns)
+    if fresh:
         run("ip", "netns", "add", ns)
     _ns(ns, "link", "set", "lo", "up")
     # Accept no router advertisements: the lab's routes are static, like a VM's.
@@ -177,9 +178,10 @@ def ensure_machine_net(cfg: LabConfig, m: Machine, mtu: int) -> None:
         _ns(ns, "route", "replace", "default", "via", cfg.bridge_addr)
         _ns(ns, "-6", "route", "replace", "default", "via", cfg.bridge_addr6)
 
-    if m.role == "orchestrator":
+    # Only on a new host: once deployed, a host's firewall and sysctls are the deploy's.
+    if fresh and m.role == "orchestrator":
         _ensure_orchestrator_router(cfg, ns)
-    else:
+    elif fresh:
         # A new namespace inherits the control machine's forwarding; hosts are not routers.
         _sysctl(ns, "net.ipv4.ip_forward", "0")
 

@@ -6,6 +6,8 @@ Tests in this module run in order and build on each other, like a user's first d
 from __future__ import annotations
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,15 @@ def test_first_converge(pyinfra):
 def test_second_apply_changes_nothing(pyinfra):
     result, elapsed = pyinfra.run()
     record("re-apply with nothing to change", f"{elapsed:.1f} s")
+    assert changed_hosts(result) == {}
+
+
+def test_lab_up_again_leaves_provisioned_hosts_alone(lab, pyinfra):
+    """`make lab` twice: the lab's second `up` must not undo what the deploy set up."""
+    up = subprocess.run([sys.executable, "-m", "lab", "up", "--workers", str(lab.workers)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr
+    result, _ = pyinfra.run()
     assert changed_hosts(result) == {}
 
 
