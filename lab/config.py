@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sh import LabError
+
 PREFIX = "aclab"  # every interface, namespace and firewall chain the lab makes starts with it
 
 DEFAULT_STATE_DIR = Path(os.environ.get("AUTOCODE_LAB_DIR", "/var/lib/autocode-lab"))
@@ -102,7 +104,7 @@ class LabConfig:
             if m.name == name:
                 return m
         names = ", ".join(m.name for m in self.machines)
-        raise KeyError(f"no lab host named {name!r}; the lab has: {names}")
+        raise LabError(f"no lab host named {name!r}; the lab has: {names}")
 
     # --- interface names -------------------------------------------------------------
     uplink_bridge = f"{PREFIX}-up"
