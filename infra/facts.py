@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from pyinfra.api import FactBase
+from pyinfra.facts.files import Link
 
 # iptables-save output, minus comments and packet counters: what the kernel enforces.
 _NORMALISE = "grep -v '^#' | sed -E 's/\\[[0-9]+:[0-9]+\\]//g' | sha256sum | cut -c1-64"
@@ -58,3 +59,20 @@ class FileDigest(FactBase):
 
     def process(self, output):
         return output[0].strip() if output and output[0].strip() else None
+
+
+class FileText(FactBase):
+    """A text file's contents, or None when it does not exist or is empty."""
+
+    def command(self, path: str) -> str:
+        return f"cat {path} 2>/dev/null || true"
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        return text + "\n" if text else None
+
+
+def links_to(host, link: str, target: str) -> bool:
+    """Whether `link` on the host is a symlink pointing at exactly `target`."""
+    info = host.get_fact(Link, path=link)
+    return bool(info) and info.get("link_target") == target

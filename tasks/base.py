@@ -9,9 +9,11 @@ from pathlib import Path, PurePosixPath
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import FindFiles, Link
+from pyinfra.facts.files import FindFiles
 from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
+
+from infra.facts import links_to
 
 CA_DIR = "/usr/local/share/ca-certificates/autocode"
 NOLOGIN = "/usr/sbin/nologin"
@@ -85,15 +87,10 @@ def extra_ca_certs(certs: list[str]) -> None:
     ]
     # update-ca-certificates links each cert into /etc/ssl/certs; a missing link means an
     # earlier run stopped before it, so the store needs rebuilding whatever changed now.
-    unlinked = [n for n in wanted if not _linked_to(f"/etc/ssl/certs/{n[:-4]}.pem",
-                                                    f"{CA_DIR}/{n}")]
+    unlinked = [n for n in wanted
+                if not links_to(host, f"/etc/ssl/certs/{n[:-4]}.pem", f"{CA_DIR}/{n}")]
     if unlinked or removes:
         server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"])
     elif puts:
         server.shell(name="Rebuild the CA trust store", commands=["update-ca-certificates"],
                      _if=any_changed(*puts))
-
-
-def _linked_to(link: str, target: str) -> bool:
-    info = host.get_fact(Link, path=link)
-    return bool(info) and info.get("link_target") == target

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pyinfra import host, inventory
 from pyinfra.api import FunctionCommand, deploy, operation
-from pyinfra.facts.files import File, FindFiles, Link
+from pyinfra.facts.files import File, FindFiles
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from infra.facts import FileDigest
+from infra.facts import FileDigest, FileText, links_to
 from infra.render import as_file, render
 from tasks import runtime
 
@@ -129,35 +129,22 @@ def _upstream_cas(certs: list[str]) -> list:
 @deploy("Trust the proxy CA")
 def worker() -> None:
     orch = inventory.get_group("orchestrator")[0]
-    cert = orch.get_fact(FileContentsOrNone, path=CA_CERT)
+    cert = orch.get_fact(FileText, path=CA_CERT)
     files.directory(name=f"Folder {WORKER_CA_DIR}", path=WORKER_CA_DIR, user="root",
                     group="root", mode="755")
     proxy_ca_certificate(name="Proxy CA in the trust store", cert=cert, source=orch.name)
-    env = files.put(name="Proxy CA variables for agents",
-                    src=as_file(render("mitmproxy/proxy-ca.env.j2", ca_file=WORKER_CA)),
-                    dest=AGENT_ENV, user="root", group=host.data.service_user, mode="640")
+    files.put(name="Proxy CA variables for agents",
+              src=as_file(render("mitmproxy/proxy-ca.env.j2", ca_file=WORKER_CA)),
+              dest=AGENT_ENV, user="root", group=host.data.service_user, mode="640")
     files.put(name="Proxy CA variables for login shells",
               src=as_file(render("mitmproxy/proxy-ca.sh.j2", env_file=AGENT_ENV)),
               dest="/etc/profile.d/autocode-proxy-ca.sh", mode="644")
-    return env
-
-
-class FileContentsOrNone(File):
-    """A text file's contents, or None when it does not exist."""
-
-    def command(self, path: str) -> str:
-        return f"cat {path} 2>/dev/null || true"
-
-    def process(self, output):
-        text = "\n".join(output).strip()
-        return text + "\n" if text else None
 
 
 @operation()
 def proxy_ca_certificate(cert: str | None, source: str):
     """Install the proxy CA certificate and rebuild the trust store, when needed."""
-    link_ok = (host.get_fact(Link, path="/etc/ssl/certs/autocode-proxy-ca.pem") or {}).get(
-        "link_target") == WORKER_CA
+    link_ok = links_to(host, "/etc/ssl/certs/autocode-proxy-ca.pem", WORKER_CA)
     if cert is not None:
         if (host.get_fact(FileDigest, path=WORKER_CA)
                 == hashlib.sha256(cert.encode()).hexdigest() and link_ok):
