@@ -28,7 +28,7 @@ import yaml
 
 from autocode.traffic.spool import Checkpoint, list_segments
 from bench.load import LoadResult, run_load
-from tests.unit.traffic.proxy_helpers import free_port, mitmdump, wait_for_port
+from tests.unit.traffic.proxy_helpers import free_port, mitmdump, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = "bare mitmdump"
@@ -51,13 +51,7 @@ def background(cmd: list[str], log_path: Path, port: int | None = None):
             wait_for_port(port, proc, log_path)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc, signal.SIGTERM, grace=10)
 
 
 def count_records(spool_dir: Path) -> int:

@@ -41,39 +41,40 @@ class ProcessOutcome:
         return self.stderr_tail.decode("utf-8", errors="replace")
 
 
-class _HeadCapture(threading.Thread):
+class _Capture(threading.Thread):
+    """Drains a pipe, counting every byte and keeping at most about `limit` of them."""
+
+    def __init__(self, fd: int, limit: int):
+        super().__init__(daemon=True)
+        self._fd, self._limit = fd, limit
+        self.data = bytearray()
+        self.total = 0
+
+    def run(self) -> None:
+        while chunk := _read(self._fd):
+            self.total += len(chunk)
+            self._keep(chunk)
+
+    def _keep(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+
+class _HeadCapture(_Capture):
     """Keeps the first `limit` bytes of a pipe and drains the rest."""
 
-    def __init__(self, fd: int, limit: int):
-        super().__init__(daemon=True)
-        self._fd, self._limit = fd, limit
-        self.data = bytearray()
-        self.total = 0
-
-    def run(self) -> None:
-        while chunk := _read(self._fd):
-            self.total += len(chunk)
-            room = self._limit - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
+    def _keep(self, chunk: bytes) -> None:
+        room = self._limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
 
 
-class _TailCapture(threading.Thread):
+class _TailCapture(_Capture):
     """Keeps the last `limit` bytes of a pipe."""
 
-    def __init__(self, fd: int, limit: int):
-        super().__init__(daemon=True)
-        self._fd, self._limit = fd, limit
-        self.data = bytearray()
-        self.total = 0
-
-    def run(self) -> None:
-        while chunk := _read(self._fd):
-            self.total += len(chunk)
-            self.data += chunk
-            if len(self.data) > 2 * self._limit:  # trim in batches, not per chunk
-                del self.data[: len(self.data) - self._limit]
-        del self.data[: max(0, len(self.data) - self._limit)]
+    def _keep(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * self._limit:  # trim in batches, not per chunk
+            del self.data[: len(self.data) - self._limit]
 
 
 def _read(fd: int) -> bytes:

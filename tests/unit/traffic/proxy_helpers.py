@@ -101,13 +101,18 @@ def mitmdump(workdir: Path, config_path: Path | None, extra: tuple[str, ...] = (
         wait_for_port(port, proc, log_path)
         yield port, log_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop(proc, signal.SIGINT, grace=15)
+
+
+def stop(proc: subprocess.Popen, sig: int, grace: float) -> None:
+    """Ask a process to stop with `sig`; kill it if it has not within `grace` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def proxied(proxy_port: int, method: str, url: str, body: bytes | None = None,
