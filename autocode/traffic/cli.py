@@ -3,6 +3,7 @@
     autocode-traffic-shipper --config /etc/autocode/traffic.yaml          # run until SIGTERM
     autocode-traffic-shipper --config /etc/autocode/traffic.yaml --check-config
     autocode-traffic-shipper --print-addon-path                            # for mitmdump -s
+    autocode-traffic-shipper --init-ca /etc/autocode/mitmproxy             # the proxy CA, once
 """
 
 from __future__ import annotations
@@ -48,9 +49,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate the config and exit (0 = valid, 2 = invalid)")
     parser.add_argument("--print-addon-path", action="store_true",
                         help="print the mitmproxy addon script path and exit")
+    parser.add_argument("--init-ca", metavar="DIR",
+                        help="make the proxy CA in DIR unless it exists, print the "
+                        "certificate's path and exit")
     args = parser.parse_args(argv)
     if args.print_addon_path:
         print(addon_path())
+        return 0
+    if args.init_ca:
+        from autocode.traffic.ca import CAError, init_ca
+
+        try:
+            print(init_ca(args.init_ca))
+        except (CAError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if not args.config:
         parser.error("--config is required")

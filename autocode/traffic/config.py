@@ -1,11 +1,13 @@
 """Load and validate the traffic logger's YAML config (schema: see the package docstring).
 
-Every error names the field and says how to fix it, and never echoes secret values.
+Every problem is reported at once, each naming the field and how to fix it; none echoes a
+secret value. `dump_config` is the one way the deploy writes this file.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,11 @@ DEFAULT_INDEX = "autocode-traffic"
 
 
 class TrafficConfigError(ValueError):
-    """The traffic config is missing, unreadable or invalid."""
+    """The traffic config is missing, unreadable or invalid; `problems` lists each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [message])
 
 
 @dataclass(frozen=True)
@@ -64,162 +70,182 @@ class TrafficConfig:
         return self.spool_dir / "shipped"
 
 
-def _fail(field_name: str, problem: str, fix: str) -> TrafficConfigError:
-    return TrafficConfigError(f"traffic config field '{field_name}' {problem}; fix: {fix}")
+class _Problems:
+    """Every problem in one config, so one check names them all (the deploy's one style)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, field_name: str, problem: str, fix: str) -> None:
+        self.items.append(f"traffic config field '{field_name}' {problem}; fix: {fix}")
 
 
-def _positive_int(data: dict, key: str, default: int, prefix: str = "", minimum: int = 1) -> int:
+def _positive_int(p: _Problems, data: dict, key: str, default: int, prefix: str = "",
+                  minimum: int = 1) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(
-            prefix + key,
-            f"must be an integer >= {minimum}, got {value!r}",
-            f"set it to an integer such as {default}",
-        )
+        p.add(prefix + key, f"must be an integer >= {minimum}, got {value!r}",
+              f"set it to an integer such as {default}")
+        return default
     return value
 
 
-def _positive_float(data: dict, key: str, default: float, prefix: str = "") -> float:
+def _number(p: _Problems, data: dict, key: str, default: float, prefix: str = "",
+            zero_ok: bool = False) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise _fail(
-            prefix + key,
-            f"must be a number > 0, got {value!r}",
-            f"set it to a number of seconds such as {default}",
-        )
+    bad = (isinstance(value, bool) or not isinstance(value, int | float)
+           or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok))
+    if bad:
+        p.add(prefix + key, f"must be a number {'>=' if zero_ok else '>'} 0, got {value!r}",
+              f"set it to a number of seconds such as {default}")
+        return float(default)
     return float(value)
 
 
-def _non_negative_float(data: dict, key: str, default: float) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise _fail(key, f"must be a number >= 0, got {value!r}",
-                    f"set it to a number of seconds such as {default}")
-    return float(value)
-
-
-def _bool(data: dict, key: str, default: bool) -> bool:
+def _bool(p: _Problems, data: dict, key: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
-        raise _fail(key, f"must be true or false, got {value!r}", "write true or false unquoted")
+        p.add(key, f"must be true or false, got {value!r}", "write true or false unquoted")
+        return default
     return value
 
 
-def _string_list(data: dict, key: str, check_regex: bool = False) -> tuple[str, ...]:
+def _string_list(p: _Problems, data: dict, key: str, check_regex: bool = False
+                 ) -> tuple[str, ...]:
     value = data.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _fail(key, "must be a list of non-empty strings", f"write e.g. {key}: [\"x-foo\"]")
+        p.add(key, "must be a list of non-empty strings", f"write e.g. {key}: [\"x-foo\"]")
+        return ()
     if check_regex:
         for pattern in value:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise _fail(
-                    key, f"has an invalid regular expression {pattern!r} ({exc})",
-                    "correct or quote the pattern (Python re syntax)",
-                ) from None
+                p.add(key, f"has an invalid regular expression {pattern!r} ({exc})",
+                      "correct or quote the pattern (Python re syntax)")
     return tuple(value)
 
 
-def _reject_unknown(data: dict, known: set[str], prefix: str = "") -> None:
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise _fail(
-            prefix + str(unknown[0]), "is not a known field",
-            f"remove it or use one of: {', '.join(sorted(known))}",
-        )
+def _reject_unknown(p: _Problems, data: dict, known: set[str], prefix: str = "") -> None:
+    for name in sorted(set(data) - known, key=str):
+        p.add(prefix + str(name), "is not a known field",
+              f"remove it or use one of: {', '.join(sorted(known))}")
 
 
-def _workers(data: dict) -> dict[str, str]:
+def _workers(p: _Problems, data: dict) -> dict[str, str]:
     raw = data.get("workers") or {}
     if not isinstance(raw, dict):
-        raise _fail("workers", "must be a mapping of client IP to worker id",
-                    "write e.g. workers: {\"10.20.0.11\": w1}")
+        p.add("workers", "must be a mapping of client IP to worker id",
+              "write e.g. workers: {\"10.20.0.11\": w1}")
+        return {}
     workers: dict[str, str] = {}
     for ip, worker_id in raw.items():
         try:
             normal_ip = str(ipaddress.ip_address(str(ip)))
         except ValueError:
-            raise _fail(f"workers.{ip}", "is not an IP address",
-                        "use the worker's IPv4/IPv6 address as the key") from None
-        if not isinstance(worker_id, str | int) or isinstance(worker_id, bool) or worker_id == "":
-            raise _fail(f"workers.{ip}", f"must map to a worker id string, got {worker_id!r}",
-                        "write e.g. \"10.20.0.11\": w1")
-        workers[normal_ip] = str(worker_id)
+            p.add(f"workers.{ip}", "is not an IP address",
+                  "use the worker's IPv4/IPv6 address as the key")
+            continue
+        # A worker id is a name: YAML's `no`, `on` or 1.0 unquoted are not one.
+        if not isinstance(worker_id, str) or worker_id == "":
+            p.add(f"workers.{ip}", f"must map to a worker id string, got {worker_id!r}",
+                  "write e.g. \"10.20.0.11\": w1, quoting ids YAML reads as other types")
+            continue
+        workers[normal_ip] = worker_id
     return workers
 
 
-def _elasticsearch(data: dict) -> ElasticsearchConfig:
+def _elasticsearch(p: _Problems, data: dict) -> ElasticsearchConfig:
     raw = data.get("elasticsearch") or {}
-    if not isinstance(raw, dict):
-        raise _fail("elasticsearch", "must be a mapping", "write e.g. elasticsearch: {url: ...}")
     defaults = ElasticsearchConfig()
-    _reject_unknown(raw, set(ElasticsearchConfig.__dataclass_fields__), "elasticsearch.")
+    if not isinstance(raw, dict):
+        p.add("elasticsearch", "must be a mapping", "write e.g. elasticsearch: {url: ...}")
+        return defaults
+    _reject_unknown(p, raw, set(ElasticsearchConfig.__dataclass_fields__), "elasticsearch.")
     url = raw.get("url", defaults.url)
     if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
-        raise _fail("elasticsearch.url", f"must be an http(s) URL, got {url!r}",
-                    "write e.g. https://127.0.0.1:9200")
+        p.add("elasticsearch.url", f"must be an http(s) URL, got {url!r}",
+              "write e.g. https://127.0.0.1:9200")
+        url = defaults.url
     index = raw.get("index", defaults.index)
     if not isinstance(index, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", index):
-        raise _fail("elasticsearch.index", f"must be a lowercase index/data stream name, got "
-                    f"{index!r}", f"use e.g. {DEFAULT_INDEX}")
+        p.add("elasticsearch.index", f"must be a lowercase index/data stream name, got "
+              f"{index!r}", f"use e.g. {DEFAULT_INDEX}")
+        index = defaults.index
     paths = {}
     for key in ("ca_certs", "api_key_file"):
         value = raw.get(key)
         if value is not None and (not isinstance(value, str) or not value.startswith("/")):
-            raise _fail(f"elasticsearch.{key}", f"must be an absolute file path, got {value!r}",
-                        "write an absolute path such as /etc/autocode/...")
+            p.add(f"elasticsearch.{key}", f"must be an absolute file path, got {value!r}",
+                  "write an absolute path such as /etc/autocode/...")
+            value = None
         paths[key] = value
-    p = "elasticsearch."
+    pre = "elasticsearch."
     return ElasticsearchConfig(
         url=url.rstrip("/"),
         index=index,
         ca_certs=paths["ca_certs"],
         api_key_file=paths["api_key_file"],
-        batch_size=_positive_int(raw, "batch_size", defaults.batch_size, p),
-        batch_max_bytes=_positive_int(raw, "batch_max_bytes", defaults.batch_max_bytes, p),
-        request_timeout=_positive_float(raw, "request_timeout", defaults.request_timeout, p),
-        poll_interval=_positive_float(raw, "poll_interval", defaults.poll_interval, p),
-        retry_initial=_positive_float(raw, "retry_initial", defaults.retry_initial, p),
-        retry_max=_positive_float(raw, "retry_max", defaults.retry_max, p),
+        batch_size=_positive_int(p, raw, "batch_size", defaults.batch_size, pre),
+        batch_max_bytes=_positive_int(p, raw, "batch_max_bytes", defaults.batch_max_bytes, pre),
+        request_timeout=_number(p, raw, "request_timeout", defaults.request_timeout, pre),
+        poll_interval=_number(p, raw, "poll_interval", defaults.poll_interval, pre),
+        retry_initial=_number(p, raw, "retry_initial", defaults.retry_initial, pre),
+        retry_max=_number(p, raw, "retry_max", defaults.retry_max, pre),
     )
 
 
 def parse_config(data: Any) -> TrafficConfig:
-    """Validate an already-parsed YAML document."""
+    """Validate an already-parsed YAML document. Raises TrafficConfigError naming every
+    problem at once (one per line), each with its field and fix."""
     if not isinstance(data, dict):
         raise TrafficConfigError(
             "traffic config must be a YAML mapping; fix: start from the example in "
             "autocode.traffic's docstring"
         )
-    _reject_unknown(data, set(TrafficConfig.__dataclass_fields__))
+    p = _Problems()
+    _reject_unknown(p, data, set(TrafficConfig.__dataclass_fields__))
     spool_dir = data.get("spool_dir")
     if not isinstance(spool_dir, str) or not spool_dir.startswith("/"):
-        raise _fail("spool_dir", f"must be an absolute directory path, got {spool_dir!r}",
-                    "set it to e.g. /mnt/data/autocode/logs/traffic")
+        p.add("spool_dir", f"must be an absolute directory path, got {spool_dir!r}",
+              "set it to e.g. /mnt/data/autocode/logs/traffic")
+        spool_dir = "/"
     defaults = TrafficConfig(spool_dir=Path("/"))
-    return TrafficConfig(
+    config = TrafficConfig(
         spool_dir=Path(spool_dir),
-        workers=_workers(data),
-        redact_headers=tuple(h.lower() for h in _string_list(data, "redact_headers")),
-        redact_patterns=_string_list(data, "redact_patterns", check_regex=True),
-        redact_value_patterns=_string_list(data, "redact_value_patterns", check_regex=True),
-        fail_closed=_bool(data, "fail_closed", True),
-        queue_size=_positive_int(data, "queue_size", defaults.queue_size),
-        writer_batch_max=_positive_int(data, "writer_batch_max", defaults.writer_batch_max),
-        writer_retry_seconds=_positive_float(
-            data, "writer_retry_seconds", defaults.writer_retry_seconds
-        ),
-        writer_linger_seconds=_non_negative_float(
-            data, "writer_linger_seconds", defaults.writer_linger_seconds
-        ),
-        segment_max_bytes=_positive_int(
-            data, "segment_max_bytes", defaults.segment_max_bytes, minimum=1024
-        ),
-        min_free_bytes=_positive_int(data, "min_free_bytes", defaults.min_free_bytes, minimum=0),
-        keep_shipped_segments=_bool(data, "keep_shipped_segments", False),
-        elasticsearch=_elasticsearch(data),
+        workers=_workers(p, data),
+        redact_headers=tuple(h.lower() for h in _string_list(p, data, "redact_headers")),
+        redact_patterns=_string_list(p, data, "redact_patterns", check_regex=True),
+        redact_value_patterns=_string_list(p, data, "redact_value_patterns", check_regex=True),
+        fail_closed=_bool(p, data, "fail_closed", True),
+        queue_size=_positive_int(p, data, "queue_size", defaults.queue_size),
+        writer_batch_max=_positive_int(p, data, "writer_batch_max", defaults.writer_batch_max),
+        writer_retry_seconds=_number(p, data, "writer_retry_seconds",
+                                     defaults.writer_retry_seconds),
+        writer_linger_seconds=_number(p, data, "writer_linger_seconds",
+                                      defaults.writer_linger_seconds, zero_ok=True),
+        segment_max_bytes=_positive_int(p, data, "segment_max_bytes",
+                                        defaults.segment_max_bytes, minimum=1024),
+        min_free_bytes=_positive_int(p, data, "min_free_bytes", defaults.min_free_bytes,
+                                     minimum=0),
+        keep_shipped_segments=_bool(p, data, "keep_shipped_segments", False),
+        elasticsearch=_elasticsearch(p, data),
     )
+    if p.items:
+        raise TrafficConfigError("\n".join(p.items), problems=p.items)
+    return config
+
+
+def dump_config(data: dict[str, Any]) -> str:
+    """The YAML text of a traffic config given as data, checked first with the parser the
+    proxy and shipper use, so what the deploy writes is what they accept. Every string is
+    written quoted where YAML would read it as another type (a worker named `no`)."""
+    parse_config(data)
+    text = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+    if parse_config(yaml.safe_load(text)) != parse_config(data):
+        raise TrafficConfigError("traffic config does not survive a YAML round trip; fix: "
+                                 "report this as a bug")
+    return text
 
 
 def load_config(path: str | Path) -> TrafficConfig:
@@ -238,4 +264,5 @@ def load_config(path: str | Path) -> TrafficConfig:
     try:
         return parse_config(data)
     except TrafficConfigError as exc:
-        raise TrafficConfigError(f"{path}: {exc}") from None
+        problems = [f"{path}: {item}" for item in exc.problems]
+        raise TrafficConfigError("\n".join(problems), problems=problems) from None

@@ -167,3 +167,46 @@ def test_configured_patterns_redact_header_names_and_values():
     assert redactor.header_value("x-internal-id", "v") == "[REDACTED]"
     assert redactor.header_value("user-agent", "tool acme_12345678") == "tool [REDACTED]"
     assert redactor.header_value("accept", "text/html") == "text/html"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(TrafficConfigError) as caught:
+        parse_config({"spool_dir": "relative", "fail_closed": "yes", "queue_size": 0,
+                      "typo": 1, "elasticsearch": {"url": "x", "batch_size": -1}})
+    fields = ["spool_dir", "fail_closed", "queue_size", "typo", "elasticsearch.url",
+              "elasticsearch.batch_size"]
+    assert len(caught.value.problems) == len(fields)
+    for field in fields:
+        assert f"'{field}'" in str(caught.value), field
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_seconds_are_refused(value):
+    with pytest.raises(TrafficConfigError, match="writer_linger_seconds"):
+        parse_config({"spool_dir": "/s", "writer_linger_seconds": value})
+
+
+def test_file_errors_name_the_file_on_every_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"spool_dir": "/s", "queue_size": -1, "fail_closed": 2}))
+    with pytest.raises(TrafficConfigError) as caught:
+        load_config(bad)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{bad}: ") for line in lines)
+
+
+@pytest.mark.parametrize("name", ["no", "on", "yes", "off", "1.0", "null", "~", "0x1f",
+                                  "2026-12-01", "'quoted'", "a: b"])
+def test_dump_config_keeps_yaml_lookalike_worker_names_strings(name):
+    from autocode.traffic.config import dump_config
+
+    text = dump_config({"spool_dir": "/s", "workers": {"10.0.0.1": name}})
+    assert yaml.safe_load(text)["workers"] == {"10.0.0.1": name}
+    assert parse_config(yaml.safe_load(text)).workers == {"10.0.0.1": name}
+
+
+def test_dump_config_refuses_what_the_parser_refuses():
+    from autocode.traffic.config import dump_config
+
+    with pytest.raises(TrafficConfigError, match="'workers.10.0.0.1'"):
+        dump_config({"spool_dir": "/s", "workers": {"10.0.0.1": False}})
