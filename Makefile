@@ -13,7 +13,7 @@ LAB_TOOLS := systemd-nspawn debootstrap iptables ip ssh
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[deploy,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -49,6 +49,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

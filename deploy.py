@@ -8,8 +8,8 @@ import sys
 
 from pyinfra import host
 
+from infra.components import check_host
 from infra.operations import barrier
-from infra.validation import check_host
 from roles import orchestrator, worker
 
 _role = "orchestrator" if "orchestrator" in host.groups else (

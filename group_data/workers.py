@@ -1,22 +1,6 @@
-"""Defaults for workers: Nomad clients running one coding agent each."""
+"""Defaults for workers: their components' role settings, and the system accounts and
+data tree they declare (collected by infra/components.py)."""
 
-agent_type = "claude-code"
+from infra.components import role_settings as _role_settings
 
-data_tree = {
-    "": ("root", "root", "755"),
-    "logs": ("root", "autocode", "755"),
-    "logs/workers": ("autocode", "autocode", "750"),
-    "financial": ("autocode", "autocode", "750"),
-    "financial/transactions": ("autocode", "autocode", "750"),
-    "financial/budgets": ("autocode", "autocode", "750"),
-    "financial/reports": ("autocode", "autocode", "750"),
-    "worker-artifacts": ("autocode", "autocode", "750"),
-    "worker-artifacts/projects": ("autocode", "autocode", "750"),
-    "worker-artifacts/code": ("autocode", "autocode", "750"),
-    "worker-artifacts/results": ("autocode", "autocode", "750"),
-    "config": ("root", "autocode", "750"),
-    "config/nomad": ("root", "root", "750"),
-    "config/agents": ("root", "autocode", "750"),
-}
-
-system_users = ["autocode"]
+globals().update(_role_settings("worker"))

@@ -1,19 +1,156 @@
-"""pyinfra facts for state our components own on the hosts."""
+"""pyinfra facts for state our components own on the hosts.
+
+Each fact answers for a whole set of items in one command (one SSH round trip), and
+`fact_once` lets several operations share one reading: a re-apply's time is mostly round
+trips, and pyinfra 3 caches no fact.
+"""
 
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Iterable
 
 from pyinfra.api import FactBase
-from pyinfra.facts.files import Link
 
 # iptables-save output, minus comments and packet counters: what the kernel enforces.
 _NORMALISE = "grep -v '^#' | sed -E 's/\\[[0-9]+:[0-9]+\\]//g' | sha256sum | cut -c1-64"
+
+# One line per path: path, type, owner, group, mode, then a symlink's target or a regular
+# file's sha256 ("-" for anything else); or "path<TAB>missing".
+_STAT_FUNCTION = (
+    "_st() { if [ -L \"$1\" ] || [ -e \"$1\" ]; then printf '%s\\t' \"$1\"; "
+    "stat --printf '%F\\t%U\\t%G\\t%a\\t' -- \"$1\"; "
+    "if [ -L \"$1\" ]; then readlink -- \"$1\"; "
+    "elif [ -f \"$1\" ]; then sha256sum -- \"$1\" | cut -c1-64; else echo -; fi; "
+    "else printf '%s\\tmissing\\n' \"$1\"; fi; }"
+)
+_TYPES = {"directory": "directory", "regular file": "file", "regular empty file": "file",
+          "symbolic link": "link"}
+
+
+def q(value: object) -> str:
+    """A value quoted for the remote shell."""
+    return shlex.quote(str(value))
 
 
 def live_ruleset_digest_command(family: int) -> str:
     save = "iptables-save" if family == 4 else "ip6tables-save"
     return f"{save} | {_NORMALISE}"
+
+
+def _parse_stat_lines(lines: Iterable[str]) -> dict[str, dict | None]:
+    states: dict[str, dict | None] = {}
+    for line in lines:
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == 2 and parts[1] == "missing":
+            states[parts[0]] = None
+        elif len(parts) == 6:
+            path, kind, user, group, mode, extra = parts
+            kind = _TYPES.get(kind, kind)
+            states[path] = {
+                "type": kind, "user": user, "group": group, "mode": mode,
+                "sha256": extra if kind == "file" else None,
+                "target": extra if kind == "link" else None,
+            }
+    return states
+
+
+class PathStates(FactBase):
+    """Type, owner, group, mode, and a file's sha256 or a link's target, of each path;
+    None for a path that does not exist. One command for all of them."""
+
+    default = dict
+
+    def command(self, paths: tuple[str, ...]) -> str:
+        quoted = " ".join(q(p) for p in paths)
+        return f"{_STAT_FUNCTION}; for p in {quoted}; do _st \"$p\"; done"
+
+    def process(self, output):
+        return _parse_stat_lines(output)
+
+
+class FolderState(FactBase):
+    """A folder's own state and that of every entry in it, as PathStates gives them:
+    {"folder": state or None, "entries": {name: state}}."""
+
+    def command(self, path: str) -> str:
+        return (f"{_STAT_FUNCTION}; _st {q(path)}; for p in {q(path)}/* {q(path)}/.[!.]*; "
+                "do [ -e \"$p\" ] || [ -L \"$p\" ] || continue; _st \"$p\"; done")
+
+    def process(self, output):
+        states = _parse_stat_lines(output)
+        folder_path = next(iter(states), None)
+        folder = states.pop(folder_path) if folder_path is not None else None
+        entries = {path.rsplit("/", 1)[-1]: state for path, state in states.items()}
+        return {"folder": folder, "entries": entries}
+
+    @staticmethod
+    def default():
+        return {"folder": None, "entries": {}}
+
+
+class UnitState(FactBase):
+    """A systemd unit: its file's sha256, the inputs digest it was last (re)started with,
+    and whether it is active and enabled."""
+
+    def command(self, unit: str, path: str, marker: str) -> str:
+        return (f"printf 'unit=%s\\n' \"$(sha256sum -- {q(path)} 2>/dev/null | cut -c1-64)\"; "
+                f"printf 'started=%s\\n' \"$(cat -- {q(marker)} 2>/dev/null)\"; "
+                f"printf 'active=%s\\n' \"$(systemctl is-active -- {q(unit)} 2>/dev/null)\"; "
+                f"printf 'enabled=%s\\n' \"$(systemctl is-enabled -- {q(unit)} 2>/dev/null)\"")
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        return {key: (values.get(key) or "").strip() or None
+                for key in ("unit", "started", "active", "enabled")}
+
+
+class Accounts(FactBase):
+    """System accounts and groups by name: {"users": {name: {"group", "home", "shell"}},
+    "groups": {name, ...}}, for the names asked about that exist."""
+
+    def command(self, names: tuple[str, ...]) -> str:
+        quoted = " ".join(q(n) for n in names)
+        return (f"for n in {quoted}; do getent passwd \"$n\" | sed 's/^/user:/'; "
+                "getent group \"$n\" | sed 's/^/group:/'; "
+                "id -gn \"$n\" 2>/dev/null | sed \"s/^/primary:$n:/\"; done; true")
+
+    def process(self, output):
+        users: dict[str, dict] = {}
+        groups: set[str] = set()
+        primary: dict[str, str] = {}
+        for line in output:
+            kind, _, rest = line.partition(":")
+            fields = rest.split(":")
+            if kind == "user" and len(fields) >= 7:
+                users[fields[0]] = {"home": fields[5], "shell": fields[6]}
+            elif kind == "group" and fields:
+                groups.add(fields[0])
+            elif kind == "primary" and len(fields) == 2:
+                primary[fields[0]] = fields[1]
+        for name, info in users.items():
+            info["group"] = primary.get(name)
+        return {"users": users, "groups": groups}
+
+    @staticmethod
+    def default():
+        return {"users": {}, "groups": set()}
+
+
+class Sysctls(FactBase):
+    """Current values of the named kernel settings, and the sha256 of a persist file."""
+
+    def command(self, keys: tuple[str, ...], persist_file: str) -> str:
+        quoted = " ".join(q(k) for k in keys)
+        return (f"for k in {quoted}; do printf '%s=%s\\n' \"$k\" \"$(sysctl -n \"$k\" "
+                "2>/dev/null)\"; done; "
+                f"printf 'file=%s\\n' \"$(sha256sum -- {q(persist_file)} 2>/dev/null | "
+                "cut -c1-64)\"")
+
+    def process(self, output):
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        return {key: value.strip() for key, value in values.items()}
 
 
 class FirewallState(FactBase):
@@ -23,7 +160,7 @@ class FirewallState(FactBase):
 
     def command(self, family: int, marker: str) -> str:
         return (f"{live_ruleset_digest_command(family)}; "
-                f"cat {marker} 2>/dev/null || true")
+                f"cat -- {q(marker)} 2>/dev/null || true")
 
     def process(self, output):
         lines = [line for line in output if line.strip()]
@@ -51,28 +188,24 @@ class DefaultGateways(FactBase):
         return [r.get("gateway") for r in routes if r.get("gateway")]
 
 
-class FileDigest(FactBase):
-    """sha256 of a file, or None when it does not exist."""
-
-    def command(self, path: str) -> str:
-        return f"sha256sum {path} 2>/dev/null | cut -c1-64 || true"
-
-    def process(self, output):
-        return output[0].strip() if output and output[0].strip() else None
-
-
 class FileText(FactBase):
     """A text file's contents, or None when it does not exist or is empty."""
 
     def command(self, path: str) -> str:
-        return f"cat {path} 2>/dev/null || true"
+        return f"cat -- {q(path)} 2>/dev/null || true"
 
     def process(self, output):
         text = "\n".join(output).strip()
         return text + "\n" if text else None
 
 
-def links_to(host, link: str, target: str) -> bool:
-    """Whether `link` on the host is a symlink pointing at exactly `target`."""
-    info = host.get_fact(Link, path=link)
-    return bool(info) and info.get("link_target") == target
+def fact_once(host, cls: type[FactBase], **kwargs):
+    """host.get_fact, read once per host and stage (plan, then execution).
+
+    For a fact about a set of items that several operations read, where each operation
+    changes only its own item: the reading stays true for the others."""
+    cache = host.__dict__.setdefault("_autocode_facts", {})
+    key = (host.state.current_stage, cls, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key not in cache:
+        cache[key] = host.get_fact(cls, **kwargs)
+    return cache[key]

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
+from .components import check_host
 from .errors import InventoryError
-from .validation import check_host
 
 LAB_INVENTORY = Path(os.environ.get("AUTOCODE_LAB_DIR", "/var/lib/autocode-lab")) / "inventory.yaml"
 GROUP_DATA = Path(__file__).resolve().parent.parent / "group_data"

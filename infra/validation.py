@@ -1,6 +1,9 @@
 """Checks of each host's merged data (group defaults + inventory overrides).
 
-Every problem names the host, the field and the fix. Run before any host is contacted.
+One error style for the whole deploy: every problem is collected (never only the first),
+and each names the host, the field and the fix. The checks run before any host is
+contacted; a component adds its own through `Component.check` (infra/component.py), using
+the small helpers here.
 """
 
 from __future__ import annotations
@@ -10,88 +13,113 @@ import re
 from pathlib import Path
 from typing import Any
 
-from autocode.agents import AgentFactory
-
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PORT_FIELDS_SUFFIX = "_port"
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+# Paths on the hosts go into commands and unit files: plain characters only.
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 
 
-def _is_number(value: Any) -> bool:
+class Problems:
+    """Problems with one host's data, each a complete sentence with the fix."""
+
+    def __init__(self, role: str, name: str):
+        self.role = role
+        self.name = name
+        self.items: list[str] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.items.append(f"{self.role} {self.name!r}: {field}: {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_host(name: str, role: str, data: dict[str, Any]) -> list[str]:
-    """Problems with one host's data, each a complete sentence with the fix."""
-    problems: list[str] = []
+def is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
-    def bad(field: str, msg: str) -> None:
-        problems.append(f"{role} {name!r}: {field}: {msg}")
 
-    if not HOSTNAME.match(name):
-        bad("name", f"{name!r} is not a valid host name; use lowercase letters, digits and "
-            "dashes, e.g. worker1")
+def check_abs_path(problems: Problems, field: str, value: Any, example: str) -> None:
+    """An absolute path on the hosts, other than /, with no characters a shell or a unit
+    file would read specially."""
+    if not (isinstance(value, str) and SAFE_PATH.match(value) and value.rstrip("/")):
+        problems.add(field, f"{value!r} must be an absolute path other than /, of letters, "
+                     f"digits and . _ / @ + -, e.g. {example}")
 
-    for field, value in sorted(data.items()):
-        if field.endswith(PORT_FIELDS_SUFFIX) and not field.startswith("ssh_"):
-            if not (isinstance(value, int) and not isinstance(value, bool)
-                    and 1 <= value <= 65535):
-                bad(field, f"{value!r} is not a port; use a whole number from 1 to 65535")
-    ssh_port = data.get("ssh_port", 22)
-    if not (isinstance(ssh_port, int) and not isinstance(ssh_port, bool)
-            and 1 <= ssh_port <= 65535):
-        bad("ssh.port", f"{ssh_port!r} is not a port; use a whole number from 1 to 65535")
 
-    budget = data.get("daily_budget_usd")
-    if not _is_number(budget) or budget <= 0:
-        bad("daily_budget_usd", f"{budget!r} is not a positive number; set the daily "
-            "budget in USD, e.g. daily_budget_usd: 25")
+def check_name(problems: Problems, field: str, value: Any, example: str) -> None:
+    if not (isinstance(value, str) and re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value)):
+        problems.add(field, f"{value!r} is not a valid account name; use lowercase letters, "
+                     f"digits, '-' and '_', e.g. {example}")
 
-    if role == "worker":
-        kinds = sorted(AgentFactory.AGENTS)
-        agent = data.get("agent_type")
-        if agent not in AgentFactory.AGENTS:
-            bad("agent_type", f"unknown agent type {agent!r}; use one of: {', '.join(kinds)}")
 
-    key = data.get("ssh_key")
-    if key is not None and not Path(str(key)).expanduser().is_file():
-        bad("ssh.key", f"SSH key file {key} does not exist; create it (ssh-keygen -t ed25519 "
-            f"-f {key}) or point ssh.key at your private key")
-    known = data.get("ssh_known_hosts_file")
-    if known is not None and not Path(str(known)).expanduser().is_file():
-        bad("ssh.known_hosts", f"known_hosts file {known} does not exist; create it with "
-            "ssh-keyscan from a trusted network, or drop the field")
+def check_bool(problems: Problems, field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        problems.add(field, f"{value!r} is not true or false; write true or false unquoted")
 
-    certs = data.get("extra_ca_certs") or []
-    if not isinstance(certs, list):
-        bad("extra_ca_certs", "must be a list of certificate file paths")
-        certs = []
-    for cert in certs:
+
+def check_string_list(problems: Problems, field: str, value: Any, example: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems.add(field, f"{value!r} must be a list of non-empty strings, e.g. {example}")
+        return []
+    return value
+
+
+def check_pem_files(problems: Problems, field: str, value: Any) -> None:
+    """Control-machine paths of PEM certificates named *.crt (update-ca-certificates and
+    the proxy read only those)."""
+    if not isinstance(value, list):
+        problems.add(field, "must be a list of certificate file paths")
+        return
+    for cert in value:
         path = Path(str(cert)).expanduser()
         if not path.is_file():
-            bad("extra_ca_certs", f"{cert} does not exist; give the path of a PEM "
-                "certificate on the control machine")
+            problems.add(field, f"{cert} does not exist; give the path of a PEM "
+                         "certificate on the control machine")
         elif PEM_CERT not in path.read_bytes()[:65536]:
-            bad("extra_ca_certs", f"{cert} is not a PEM certificate (no '-----BEGIN "
-                "CERTIFICATE-----'); convert it with `openssl x509 -outform PEM`")
+            problems.add(field, f"{cert} is not a PEM certificate (no '-----BEGIN "
+                         "CERTIFICATE-----'); convert it with `openssl x509 -outform PEM`")
         elif not path.name.endswith(".crt"):
-            bad("extra_ca_certs", f"{cert}: name it *.crt, as update-ca-certificates "
-                "only reads those")
+            problems.add(field, f"{cert}: name it *.crt, as update-ca-certificates only "
+                         "reads those")
 
-    if data.get("worker_network") is None:
-        bad("worker_network", "missing; the firewall needs the workers' network: set it "
-            "under data:, e.g. worker_network: 10.0.1.0/24")
-    for field in ("worker_network", "worker_network6"):
-        value = data.get(field)
-        if value is not None:
-            try:
-                ipaddress.ip_network(str(value))
-            except ValueError:
-                bad(field, f"{value!r} is not a network; write it as an address/prefix, "
-                    "e.g. 10.0.1.0/24")
 
-    root = data.get("data_root")
-    if not (isinstance(root, str) and root.startswith("/") and root != "/"):
-        bad("data_root", f"{root!r} must be an absolute path other than /, e.g. "
-            "/mnt/data/autocode")
-    return problems
+def check_network(problems: Problems, field: str, value: Any, required: bool) -> None:
+    if value is None:
+        if required:
+            problems.add(field, "missing; the firewall needs the workers' network: set it "
+                         f"under data:, e.g. {field}: 10.0.1.0/24")
+        return
+    try:
+        ipaddress.ip_network(str(value))
+    except ValueError:
+        problems.add(field, f"{value!r} is not a network; write it as an address/prefix, "
+                     "e.g. 10.0.1.0/24")
+
+
+def check_connection(problems: Problems, data: dict[str, Any]) -> None:
+    """What every host needs before a connection: a valid name, SSH settings, ports."""
+    if not HOSTNAME.match(problems.name):
+        problems.add("name", f"{problems.name!r} is not a valid host name; use lowercase "
+                     "letters, digits and dashes, e.g. worker1")
+    for field, value in sorted(data.items()):
+        if field.endswith(PORT_FIELDS_SUFFIX) and not field.startswith("ssh_"):
+            if not is_port(value):
+                problems.add(field, f"{value!r} is not a port; use a whole number from 1 to "
+                             "65535")
+    ssh_port = data.get("ssh_port", 22)
+    if not is_port(ssh_port):
+        problems.add("ssh.port", f"{ssh_port!r} is not a port; use a whole number from 1 to "
+                     "65535")
+    key = data.get("ssh_key")
+    if key is not None and not Path(str(key)).expanduser().is_file():
+        problems.add("ssh.key", f"SSH key file {key} does not exist; create it (ssh-keygen "
+                     f"-t ed25519 -f {key}) or point ssh.key at your private key")
+    known = data.get("ssh_known_hosts_file")
+    if known is not None and not Path(str(known)).expanduser().is_file():
+        problems.add("ssh.known_hosts", f"known_hosts file {known} does not exist; create "
+                     "it with ssh-keyscan from a trusted network, or drop the field")

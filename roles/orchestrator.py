@@ -1,10 +1,15 @@
-"""The orchestrator: model serving, secrets, logs, the egress proxy, the Nomad server."""
+"""The orchestrator: the workers' gateway and egress proxy, their DNS forwarder.
 
-from tasks import base, dns, mitmproxy, network
+Model serving, secrets, logs and the Nomad server are components still to come (README:
+"What is deployed today")."""
 
-TASKS = [base.apply, network.orchestrator, dns.orchestrator, mitmproxy.orchestrator]
+from tasks import base, dns, mitmproxy, network, runtime
+
+# Base first: every later component relies on its accounts and folders; the runtime
+# before the proxy, which runs from it.
+COMPONENTS = [base, network, dns, runtime, mitmproxy]
 
 
 def apply() -> None:
-    for task in TASKS:
-        task()
+    for component in COMPONENTS:
+        component.orchestrator()

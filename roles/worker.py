@@ -1,12 +1,12 @@
-"""A worker: a Nomad client running one coding agent, all egress via the orchestrator."""
+"""A worker: runs coding agents, with all egress through the orchestrator."""
 
-from tasks import base, dns, mitmproxy, network
+from tasks import base, dns, mitmproxy, network, runtime
 
 # Egress and DNS before base: once the orchestrator's firewall is loaded, they are the
 # only way a worker reaches a package mirror.
-TASKS = [network.worker, dns.worker, base.apply, mitmproxy.worker]
+COMPONENTS = [network, dns, base, runtime, mitmproxy]
 
 
 def apply() -> None:
-    for task in TASKS:
-        task()
+    for component in COMPONENTS:
+        component.worker()

@@ -3,44 +3,71 @@ and workers that resolve only through it."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Link
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt
 
-from infra.render import as_file, render
+from infra.component import Component
+from infra.operations import digest, directory, file_content, systemd_unit
+from infra.render import render
+from infra.validation import Problems, check_string_list
 
 DNSMASQ_CONF = "/etc/dnsmasq.d/autocode.conf"
+LOGROTATE = "/etc/logrotate.d/autocode-dnsmasq"
 # As Debian's init script runs it, so the check sees what the service will load.
 DNSMASQ_TEST = ("dnsmasq --test -C /etc/dnsmasq.conf "
                 "-7 /etc/dnsmasq.d,.dpkg-dist,.dpkg-old,.dpkg-new")
 RESOLVED_STUB = "../run/systemd/resolve/stub-resolv.conf"
 
 
+def check(problems: Problems, role: str, data) -> None:
+    for server in check_string_list(problems, "dns_upstreams", data.get("dns_upstreams"),
+                                    "[9.9.9.9]"):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            problems.add("dns_upstreams", f"{server!r} is not an IP address; list the "
+                         "upstream resolvers' addresses, e.g. [9.9.9.9, 1.1.1.1]")
+
+
+COMPONENT = Component(
+    name="dns",
+    settings={
+        "dns_port": 53,
+        # Upstream resolvers for the orchestrator's forwarder; empty: its resolv.conf's.
+        "dns_upstreams": [],
+    },
+    check=check,
+    worker_ports=lambda data: [data["dns_port"]],  # TCP, beside UDP: large answers
+)
+
+
+def query_log_dir(data) -> str:
+    return f"{data.data_root}/logs/traffic/dns"
+
+
 @deploy("DNS forwarder")
 def orchestrator() -> None:
     data = host.data
-    log_dir = f"{data.data_root}/logs/traffic/dns"
+    log_dir = query_log_dir(data)
     log_file = f"{log_dir}/queries.log"
     apt.packages(name="dnsmasq", packages=["dnsmasq"])
-    files.directory(name=f"Folder {log_dir}", path=log_dir, user="dnsmasq",
-                    group=data.service_user, mode="750")
-    conf = files.put(
-        name="dnsmasq configuration",
-        src=as_file(render("dns/dnsmasq-autocode.conf.j2",
-                           listen_address=data.orchestrator_address, dns_port=data.dns_port,
-                           log_file=log_file, upstreams=data.dns_upstreams)),
-        dest=DNSMASQ_CONF, user="root", group="root", mode="644",
-    )
-    files.put(name="logrotate for DNS queries",
-              src=as_file(render("dns/logrotate-dnsmasq.j2", log_file=log_file)),
-              dest="/etc/logrotate.d/autocode-dnsmasq", mode="644")
-    server.shell(name="Check the dnsmasq configuration", commands=[DNSMASQ_TEST],
-                 _if=conf.did_change)
-    systemd.service(name="dnsmasq running", service="dnsmasq.service", running=True,
-                    enabled=True)
-    systemd.service(name="Restart dnsmasq", service="dnsmasq.service", restarted=True,
-                    _if=conf.did_change)
+    # Owned by the account the package creates, so not in the data tree base makes.
+    directory(name=f"Folder {log_dir}", path=log_dir, user="dnsmasq",
+              group=data.service_user, mode="750")
+    conf = render("dns/dnsmasq-autocode.conf.j2", listen_address=data.orchestrator_address,
+                  dns_port=data.dns_port, log_file=log_file, upstreams=data.dns_upstreams)
+    batch = (DNSMASQ_CONF, LOGROTATE)
+    conf_op = file_content(name="dnsmasq configuration", path=DNSMASQ_CONF, text=conf,
+                           batch=batch)
+    file_content(name="logrotate for DNS queries", path=LOGROTATE, batch=batch,
+                 text=render("dns/logrotate-dnsmasq.j2", log_file=log_file))
+    systemd_unit(name="dnsmasq running", unit="dnsmasq.service",
+                 inputs={DNSMASQ_CONF: digest(conf)}, restart_when=(conf_op,),
+                 check_command=DNSMASQ_TEST)
 
 
 @deploy("DNS resolver")
@@ -49,14 +76,13 @@ def worker() -> None:
     resolv = host.get_fact(Link, path="/etc/resolv.conf")
     if resolv and resolv.get("link_target") == RESOLVED_STUB:
         # systemd-resolved owns resolv.conf (Ubuntu): tell it, rather than fight it.
-        conf = files.put(
-            name="systemd-resolved: only the orchestrator",
-            src=as_file(render("dns/resolved-autocode.conf.j2", nameserver=nameserver)),
-            dest="/etc/systemd/resolved.conf.d/autocode.conf", mode="644",
-        )
-        systemd.service(name="Restart systemd-resolved", service="systemd-resolved.service",
-                        restarted=True, _if=conf.did_change)
+        conf = render("dns/resolved-autocode.conf.j2", nameserver=nameserver)
+        directory(name="Folder /etc/systemd/resolved.conf.d",
+                  path="/etc/systemd/resolved.conf.d", user="root", group="root", mode="755")
+        conf_op = file_content(name="systemd-resolved: only the orchestrator",
+                               path="/etc/systemd/resolved.conf.d/autocode.conf", text=conf)
+        systemd_unit(name="systemd-resolved running", unit="systemd-resolved.service",
+                     inputs={"autocode.conf": digest(conf)}, restart_when=(conf_op,))
     else:
-        files.put(name="resolv.conf: only the orchestrator",
-                  src=as_file(render("dns/resolv.conf.j2", nameserver=nameserver)),
-                  dest="/etc/resolv.conf", user="root", group="root", mode="644")
+        file_content(name="resolv.conf: only the orchestrator", path="/etc/resolv.conf",
+                     text=render("dns/resolv.conf.j2", nameserver=nameserver))

@@ -5,16 +5,28 @@ TCP 80/443 to the transparent proxy and forwards nothing they start, IPv6 closed
 Workers: default route via the orchestrator, and an OUTPUT policy as a second wall.
 Rulesets are rendered here, checked with `iptables-restore --test` on the host, loaded
 atomically only when they changed or the live rules drifted, and restored at boot.
+What workers may reach on the orchestrator is what the components declare
+(`Component.worker_ports`), the same list on both ends.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
 
-from infra.operations import default_gateway, firewall_ruleset
-from infra.render import as_file, digest, render
+from infra import components
+from infra.component import Component
+from infra.operations import (
+    default_gateway,
+    digest,
+    directory,
+    file_content,
+    firewall_ruleset,
+    sysctls,
+    systemd_unit,
+)
+from infra.render import render
+from infra.validation import Problems, check_network
 
 RULES_DIR = "/etc/autocode/iptables"
 ROUTER_SYSCTLS = {
@@ -25,23 +37,32 @@ ROUTER_SYSCTLS = {
 }
 
 
-def _worker_facing_tcp_ports(data) -> list[int]:
-    """What a worker may reach on the orchestrator over TCP."""
-    return sorted({data.dns_port, data.mitmproxy_port, data.vault_port, data.nomad_rpc_port,
-                   data.model_api_port})
+def check(problems: Problems, role: str, data) -> None:
+    check_network(problems, "worker_network", data.get("worker_network"), required=True)
+    check_network(problems, "worker_network6", data.get("worker_network6"), required=False)
+
+
+COMPONENT = Component(
+    name="network",
+    settings={
+        # The network the workers live on; the orchestrator is its gateway.
+        "worker_network": None,
+        "worker_network6": None,
+    },
+    check=check,
+)
 
 
 @deploy("Network: orchestrator as gateway")
 def orchestrator() -> None:
     data = host.data
-    for key, value in ROUTER_SYSCTLS.items():
-        server.sysctl(name=f"sysctl {key}", key=key, value=value, persist=True,
-                      persist_file="/etc/sysctl.d/60-autocode-router.conf")
+    sysctls(name="Router sysctls", values=ROUTER_SYSCTLS,
+            persist_file="/etc/sysctl.d/60-autocode-router.conf")
     _rulesets(
-        v4=render("iptables/orchestrator.rules.v4.j2", worker_network=data.worker_network,
+        v4=render("network/orchestrator.rules.v4.j2", worker_network=data.worker_network,
                   proxy_port=data.mitmproxy_port, dns_port=data.dns_port,
-                  worker_tcp_ports=_worker_facing_tcp_ports(data)),
-        v6=render("iptables/orchestrator.rules.v6.j2", worker_network6=data.worker_network6),
+                  worker_tcp_ports=components.worker_ports(data.dict())),
+        v6=render("network/orchestrator.rules.v6.j2", worker_network6=data.worker_network6),
     )
 
 
@@ -50,36 +71,26 @@ def worker() -> None:
     data = host.data
     gateway = data.orchestrator_address
     default_gateway(name=f"Default route via {gateway}", gateway=gateway)
-    unit = files.put(
-        name="Unit autocode-gateway.service",
-        src=as_file(render("network/autocode-gateway.service.j2", gateway=gateway)),
-        dest="/etc/systemd/system/autocode-gateway.service", mode="644",
-    )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(name="Enable autocode-gateway", service="autocode-gateway.service",
-                    enabled=True, running=True)
+    systemd_unit(name="Unit autocode-gateway.service", unit="autocode-gateway.service",
+                 text=render("network/autocode-gateway.service.j2", gateway=gateway))
     _rulesets(
-        v4=render("iptables/worker.rules.v4.j2", orchestrator_address=gateway,
+        v4=render("network/worker.rules.v4.j2", orchestrator_address=gateway,
                   dns_port=data.dns_port, ssh_port=data.get("ssh_port") or 22,
-                  orchestrator_tcp_ports=_worker_facing_tcp_ports(data)),
-        v6=render("iptables/worker.rules.v6.j2"),
+                  orchestrator_tcp_ports=components.worker_ports(data.dict())),
+        v6=render("network/worker.rules.v6.j2"),
     )
 
 
 def _rulesets(v4: str, v6: str) -> None:
-    files.directory(name=f"Folder {RULES_DIR}", path=RULES_DIR, user="root", group="root",
-                    mode="750")
-    for family, text in ((4, v4), (6, v6)):
-        path = f"{RULES_DIR}/rules.v{family}"
-        files.put(name=f"IPv{family} ruleset file", src=as_file(text), dest=path,
-                  user="root", group="root", mode="640")
+    files = {f"{RULES_DIR}/rules.v{family}": text for family, text in ((4, v4), (6, v6))}
+    batch = (RULES_DIR, *files)
+    directory(name=f"Folder {RULES_DIR}", path=RULES_DIR, user="root", group="root",
+              mode="750", batch=batch)
+    for family, (path, text) in zip((4, 6), files.items(), strict=True):
+        file_content(name=f"IPv{family} ruleset file", path=path, text=text, mode="640",
+                     batch=batch)
         firewall_ruleset(name=f"Load IPv{family} ruleset", path=path,
                          content_digest=digest(text), family=family)
-    unit = files.put(
-        name="Unit autocode-firewall.service",
-        src=as_file(render("network/autocode-firewall.service.j2", rules_dir=RULES_DIR)),
-        dest="/etc/systemd/system/autocode-firewall.service", mode="644",
-    )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-    systemd.service(name="Enable autocode-firewall (restores the rules at boot)",
-                    service="autocode-firewall.service", enabled=True, running=True)
+    # Restores the last good rulesets at boot; restarting it reloads the same rules.
+    systemd_unit(name="Unit autocode-firewall.service", unit="autocode-firewall.service",
+                 text=render("network/autocode-firewall.service.j2", rules_dir=RULES_DIR))

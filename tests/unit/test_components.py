@@ -1,0 +1,124 @@
+"""The component contract: what components declare is what group_data, base, network,
+the runtime install and validation use; a new component needs nothing but its module."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from infra import components
+from infra.component import Component
+from infra.inventory_file import group_defaults
+from roles import orchestrator as orchestrator_role
+from roles import worker as worker_role
+from tasks import mitmproxy
+
+ROLE_MODULES = {"orchestrator": orchestrator_role, "worker": worker_role}
+
+
+@pytest.mark.parametrize("role", ["orchestrator", "worker"])
+def test_every_listed_component_declares_itself_and_serves_the_role(role):
+    for module in ROLE_MODULES[role].COMPONENTS:
+        assert isinstance(module.COMPONENT, Component), module.__name__
+        assert callable(getattr(module, role)), f"{module.__name__} has no {role}()"
+        assert module.__name__ == f"tasks.{module.COMPONENT.name}"
+
+
+def test_group_data_is_exactly_what_components_declare():
+    orch, workers = group_defaults("orchestrator"), group_defaults("workers")
+    settings = components.settings()
+    for key, value in settings.items():
+        assert orch[key] == value and workers[key] == value
+    assert workers["agent_type"] == "claude-code" and "agent_type" not in orch
+    assert orch["system_users"] == ["autocode", "autocode-proxy"]
+    assert workers["system_users"] == ["autocode"]
+    assert orch["data_tree"]["logs/traffic/spool"][0] == "autocode-proxy"
+    assert "logs/traffic" not in workers["data_tree"]
+    assert "worker-artifacts/results" in workers["data_tree"]
+
+
+def test_worker_ports_follow_the_owning_components_settings():
+    data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128}
+    assert components.worker_ports(data) == [3128, 5353]
+
+
+def test_one_runtime_install_per_host_with_the_union_of_needs():
+    orch = group_defaults("orchestrator")
+    assert components.runtime_needs("orchestrator", orch) == (
+        ("proxy",), (f"mitmproxy=={orch['mitmproxy_version']}",))
+    assert components.runtime_needs("worker", group_defaults("workers")) is None
+
+
+def test_every_components_check_runs_in_one_pass():
+    data = {**group_defaults("orchestrator"), "worker_network": "not-a-net",
+            "dns_upstreams": ["resolver.example"], "proxy_fail_closed": "yes",
+            "data_root": "relative/path", "daily_budget_usd": 0, "timezone": "Mars/Base"}
+    problems = components.check_host("orchestrator", "orchestrator", data)
+    text = "\n".join(problems)
+    for field in ("worker_network", "dns_upstreams", "proxy_fail_closed", "data_root",
+                  "daily_budget_usd", "timezone"):
+        assert f"orchestrator 'orchestrator': {field}: " in text, field
+    assert len(problems) == 6, text
+
+
+def test_an_unknown_setting_is_named_with_a_likely_fix():
+    data = {**group_defaults("workers"), "worker_network": "10.0.1.0/24",
+            "dns_upstream": ["9.9.9.9"]}
+    problems = components.check_host("worker1", "worker", data)
+    assert problems == ["worker 'worker1': dns_upstream: no component has this setting; did "
+                        "you mean dns_port, dns_upstreams? Remove it, or see the settings in "
+                        "tasks/<component>.py"]
+
+
+def test_traffic_config_is_built_as_data_and_keeps_odd_worker_names_strings():
+    import yaml
+
+    from autocode.traffic.config import parse_config
+
+    data = {**group_defaults("orchestrator")}
+    text = mitmproxy.traffic_config(data, {"10.0.1.11": "no", "10.0.1.12": "on",
+                                           "10.0.1.13": "1.0"})
+    parsed = parse_config(yaml.safe_load(text))
+    assert parsed.workers == {"10.0.1.11": "no", "10.0.1.12": "on", "10.0.1.13": "1.0"}
+    assert str(parsed.spool_dir) == f"{data['data_root']}/logs/traffic/spool"
+
+
+def test_a_new_component_needs_only_its_module_and_one_line_per_role(monkeypatch):
+    """A toy component, listed in the worker role: its setting becomes a default, its
+    account and folder are created by base, its port opened, its check run."""
+    toy = types.ModuleType("tasks.toy")
+    toy.COMPONENT = Component(
+        name="toy",
+        settings={"toy_port": 7777, "toy_greeting": "hello"},
+        check=lambda problems, role, data: None if data["toy_greeting"] else problems.add(
+            "toy_greeting", "empty; say something, e.g. hello"),
+        system_users={"worker": ("toy",)},
+        data_tree={"worker": {"toy": ("toy", "toy", "700")}},
+        worker_ports=lambda data: [data["toy_port"]],
+    )
+    toy.worker = lambda: None
+    monkeypatch.setattr(worker_role, "COMPONENTS", [*worker_role.COMPONENTS, toy])
+    monkeypatch.setattr(orchestrator_role, "COMPONENTS", [*orchestrator_role.COMPONENTS, toy])
+    workers = group_defaults("workers")
+    assert workers["toy_greeting"] == "hello"
+    assert workers["system_users"][-1] == "toy"
+    assert workers["data_tree"]["toy"] == ("toy", "toy", "700")
+    assert 7777 in components.worker_ports(workers)
+    problems = components.check_host("worker1", "worker", {
+        **workers, "worker_network": "10.0.1.0/24", "toy_greeting": ""})
+    assert problems == ["worker 'worker1': toy_greeting: empty; say something, e.g. hello"]
+
+
+def test_two_components_cannot_own_one_setting(monkeypatch):
+    clash = types.ModuleType("tasks.clash")
+    clash.COMPONENT = Component(name="clash", settings={"dns_port": 5353})
+    monkeypatch.setattr(worker_role, "COMPONENTS", [*worker_role.COMPONENTS, clash])
+    with pytest.raises(ValueError, match="'dns_port' is declared by two components"):
+        components.settings()
+
+
+def test_component_declarations_name_only_known_roles():
+    with pytest.raises(ValueError, match="unknown roles"):
+        Component(name="bad", system_users={"workers": ("x",)})
+

@@ -1,0 +1,94 @@
+"""The facts' shell commands, run by a real /bin/sh on real files here, and parsed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from infra.facts import Accounts, FileText, FolderState, PathStates, UnitState
+
+
+def run_fact(fact_cls, **kwargs):
+    fact = fact_cls()
+    command = fact.command(**kwargs)
+    proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return fact.process(lines) if lines else (fact.default() if hasattr(fact, "default")
+                                               else None)
+
+
+def test_path_states_of_a_folder_a_file_a_link_and_a_missing_path(tmp_path):
+    folder = tmp_path / "a dir with 'quotes' $HOME"
+    folder.mkdir(mode=0o750)
+    os.chmod(folder, 0o750)
+    file = tmp_path / "f.txt"
+    file.write_text("hello\n")
+    os.chmod(file, 0o640)
+    link = tmp_path / "l"
+    link.symlink_to(file)
+    missing = tmp_path / "nope"
+    states = run_fact(PathStates, paths=(str(folder), str(file), str(link), str(missing)))
+    assert states[str(folder)]["type"] == "directory"
+    assert states[str(folder)]["mode"] == "750"
+    assert states[str(file)] == {
+        "type": "file", "user": "root" if os.geteuid() == 0 else states[str(file)]["user"],
+        "group": states[str(file)]["group"], "mode": "640",
+        "sha256": hashlib.sha256(b"hello\n").hexdigest(), "target": None}
+    assert states[str(link)]["type"] == "link" and states[str(link)]["target"] == str(file)
+    assert states[str(missing)] is None
+
+
+def test_path_states_of_an_empty_file_has_its_digest(tmp_path):
+    empty = tmp_path / "empty"
+    empty.touch()
+    states = run_fact(PathStates, paths=(str(empty),))
+    assert states[str(empty)]["sha256"] == hashlib.sha256(b"").hexdigest()
+
+
+def test_folder_state_lists_entries_including_hidden_ones(tmp_path):
+    (tmp_path / "a.crt").write_text("A")
+    (tmp_path / ".hidden").write_text("H")
+    (tmp_path / "sub").mkdir()
+    state = run_fact(FolderState, path=str(tmp_path))
+    assert state["folder"]["type"] == "directory"
+    assert set(state["entries"]) == {"a.crt", ".hidden", "sub"}
+    assert state["entries"]["a.crt"]["sha256"] == hashlib.sha256(b"A").hexdigest()
+    assert state["entries"]["sub"]["type"] == "directory"
+
+
+def test_folder_state_of_a_missing_or_empty_folder(tmp_path):
+    assert run_fact(FolderState, path=str(tmp_path / "none")) == {"folder": None,
+                                                                 "entries": {}}
+    state = run_fact(FolderState, path=str(tmp_path))
+    assert state["folder"] is not None and state["entries"] == {}
+
+
+def test_file_text_quotes_its_path(tmp_path):
+    path = tmp_path / "it's; rm -rf x"
+    path.write_text("content\n")
+    assert run_fact(FileText, path=str(path)) == "content\n"
+
+
+def test_unit_state_reads_unit_file_and_marker(tmp_path):
+    unit = tmp_path / "x.service"
+    unit.write_text("[Service]\n")
+    marker = tmp_path / "marker"
+    marker.write_text("abc\n")
+    state = run_fact(UnitState, unit="autocode-no-such.service", path=str(unit),
+                     marker=str(marker))
+    assert state["unit"] == hashlib.sha256(b"[Service]\n").hexdigest()
+    assert state["started"] == "abc"
+    assert state["active"] != "active"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads root's account")
+def test_accounts_fact_reads_users_groups_and_primary_group():
+    state = run_fact(Accounts, names=("root", "autocode-surely-missing"))
+    assert state["users"]["root"]["group"] == "root"
+    assert state["users"]["root"]["home"] == "/root"
+    assert "root" in state["groups"]
+    assert "autocode-surely-missing" not in state["users"]
