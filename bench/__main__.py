@@ -28,7 +28,7 @@ import yaml
 
 from autocode.traffic.spool import Checkpoint, list_segments
 from bench.load import LoadResult, run_load
-from tests.unit.traffic.proxy_helpers import free_port, mitmdump, stop, wait_for_port
+from testing.mitmdump import free_port, mitmdump, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = "bare mitmdump"
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(background([sys.executable, "-m", "bench.upstream",
                                         str(upstream_port)], tmp_path / "upstream.log",
                                        upstream_port))
-        stack.enter_context(background([sys.executable, "-m", "bench.es_double_process",
-                                        str(es_port)], tmp_path / "es.log", es_port))
+        es_double = [sys.executable, "-m", "testing.elasticsearch_double_process", str(es_port)]
+        stack.enter_context(background(es_double, tmp_path / "es.log", es_port))
         upstream = f"http://127.0.0.1:{upstream_port}/"
         plan = [
             (BARE, None, False),

@@ -7,40 +7,12 @@ the argv, environment and working directory they were started with.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import textwrap
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from autocode.agents.types import AgentConfig
-
-STANDIN_PRELUDE = f"""#!{sys.executable}
-import json, os, sys, time
-_record = os.environ.get("STANDIN_RECORD")
-if _record:
-    with open(_record, "a") as _handle:
-        _handle.write(json.dumps({{"argv": sys.argv, "env": dict(os.environ),
-                                   "cwd": os.getcwd(), "pid": os.getpid()}}) + "\\n")
-"""
-
-
-def make_standin(directory: Path, name: str, body: str) -> Path:
-    """Write an executable stand-in CLI called `name` whose behaviour is `body` (Python)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(STANDIN_PRELUDE + textwrap.dedent(body))
-    path.chmod(0o755)
-    return path
-
-
-def read_records(record_file: Path) -> list[dict]:
-    if not record_file.exists():
-        return []
-    return [json.loads(line) for line in record_file.read_text().splitlines() if line]
 
 
 @pytest.fixture
@@ -69,15 +41,3 @@ def agent_config_for(tmp_path):
     return build
 
 
-def pid_is_gone(pid: int) -> bool:
-    """True when pid no longer runs (absent, or a zombie waiting for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
-
-
-def without_env(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}

@@ -18,8 +18,7 @@ from autocode.agents import (
 )
 from autocode.agents.types import FAILED, REFUSED_BUDGET, SUCCEEDED
 from autocode.budget import BudgetLedger
-
-from .conftest import make_standin, read_records
+from testing.standins import make_standin, read_records
 
 CLAUDE_SUCCESS = """
 print(json.dumps({"type": "result", "subtype": "success", "is_error": False,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import make_standin, pid_is_gone, read_records
+from testing.standins import make_standin, pid_is_gone, read_records
 
 WORKER = Path(sys.executable).parent / "autocode-worker"
 

@@ -11,8 +11,7 @@ import time
 from autocode.agents import ClaudeCodeAgent, Task
 from autocode.agents.process import run_bounded
 from autocode.agents.types import FAILED, TIMED_OUT
-
-from .conftest import make_standin, pid_is_gone
+from testing.standins import make_standin, pid_is_gone
 
 HANGING_WITH_GRANDCHILD = """
 import signal, subprocess

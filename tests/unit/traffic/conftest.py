@@ -13,41 +13,13 @@ import json
 import os
 import ssl
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from autocode.traffic.config import TrafficConfig, parse_config
-from autocode.traffic.record import iso_timestamp
-from autocode.traffic.spool import segment_name
-from autocode.traffic.writer import encode_record
-from tests.unit.traffic.es_double import ESDouble, FaultServerBase, RealClusterFront
+from testing.elasticsearch_double import ESDouble, FaultServerBase, RealClusterFront
 
 REAL_ES_URL = os.environ.get("AUTOCODE_TEST_ES_URL")
-
-
-def make_config(spool_dir: Path, **overrides: Any) -> TrafficConfig:
-    data: dict[str, Any] = {"spool_dir": str(spool_dir), "min_free_bytes": 0,
-                            "writer_retry_seconds": 0.05}
-    es = overrides.pop("elasticsearch", {})
-    data.update(overrides)
-    data["elasticsearch"] = {"retry_initial": 0.001, "retry_max": 0.01,
-                             "poll_interval": 0.01, **es}
-    return parse_config(data)
-
-
-def fake_record(n: int, **fields: Any) -> dict:
-    return {"@timestamp": iso_timestamp(1_700_000_000 + n), "record_id": uuid.uuid4().hex,
-            "worker_id": "w1", "method": "GET", "url": f"http://example.test/{n}",
-            "status": 200, "n": n, **fields}
-
-
-def write_segment(spool_dir: Path, seq: int, records: list[dict], tail: bytes = b"") -> Path:
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    path = spool_dir / segment_name(seq)
-    path.write_bytes(b"".join(encode_record(r) for r in records) + tail)
-    return path
 
 
 class Backend:

@@ -17,8 +17,8 @@ import yaml
 from autocode.traffic.config import load_config
 from autocode.traffic.shipper import Shipper
 from autocode.traffic.spool import list_segments
-from tests.unit.traffic.es_double import ESDouble
-from tests.unit.traffic.proxy_helpers import mitmdump, proxied, upstream_server
+from testing.elasticsearch_double import ESDouble
+from testing.mitmdump import mitmdump, proxied, upstream_server
 
 pytestmark = pytest.mark.timeout(60)
 

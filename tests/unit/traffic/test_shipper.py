@@ -11,7 +11,7 @@ import pytest
 from autocode.traffic import shipper as shipper_module
 from autocode.traffic.shipper import Shipper
 from autocode.traffic.spool import Checkpoint, list_segments
-from tests.unit.traffic.conftest import fake_record, make_config, write_segment
+from testing.traffic import fake_record, make_config, write_segment
 
 pytestmark = pytest.mark.timeout(60)
 

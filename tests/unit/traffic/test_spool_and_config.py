@@ -19,7 +19,7 @@ from autocode.traffic.spool import (
     read_batch,
 )
 from autocode.traffic.writer import encode_record
-from tests.unit.traffic.conftest import fake_record
+from testing.traffic import fake_record
 
 
 def lines(n, start=0):

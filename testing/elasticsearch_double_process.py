@@ -1,11 +1,14 @@
-"""The Elasticsearch test double as its own process: ``python -m bench.es_double_process PORT``."""
+"""The Elasticsearch test double as its own process, for the bench:
+
+    python -m testing.elasticsearch_double_process PORT
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 
-from tests.unit.traffic.es_double import ESDouble
+from testing.elasticsearch_double import ESDouble
 
 if __name__ == "__main__":
     double = ESDouble()
