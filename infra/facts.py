@@ -203,9 +203,12 @@ def fact_once(host, cls: type[FactBase], **kwargs):
     """host.get_fact, read once per host and stage (plan, then execution).
 
     For a fact about a set of items that several operations read, where each operation
-    changes only its own item: the reading stays true for the others."""
-    cache = host.__dict__.setdefault("_autocode_facts", {})
-    key = (host.state.current_stage, cls, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    changes only its own item: the reading stays true for the others. The cache lives on
+    the run's state, keyed by host name: `pyinfra.host` is a proxy shared by all hosts."""
+    state = host.state
+    cache = state.__dict__.setdefault("_autocode_facts", {})
+    key = (host.name, state.current_stage, cls,
+           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in cache:
         cache[key] = host.get_fact(cls, **kwargs)
     return cache[key]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path, PurePosixPath
 
 from pyinfra import host
@@ -52,7 +52,7 @@ def _upload(text: str | bytes, dest: str, user: str, group: str, mode: str):
     """Write a file: to a staging name beside it, then renamed over it with its owner and
     mode already set, so no reader ever sees a half-written or too-open file."""
     staged = f"{dest}.autocode-new"
-    src = StringIO(text) if isinstance(text, str) else str(text)
+    src = StringIO(text) if isinstance(text, str) else BytesIO(text)
     yield f"rm -f {q(staged)} && install -m 600 /dev/null {q(staged)}"
     yield FileUploadCommand(src, staged, remote_temp_filename=staged)
     yield f"chown {q(user)}:{q(group)} {q(staged)} && chmod {q(mode)} {q(staged)}"

@@ -122,7 +122,8 @@ def orchestrator() -> None:
                              text=config, user="root", group=PROXY_USER, mode="640",
                              batch=batch)
 
-    common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG, spool_dir=spool_dir(data))
+    common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG,
+                  spool_dir=spool_dir(data.dict()))
     inputs = {"traffic.yaml": digest(config), "runtime": runtime.install_digest() or ""}
     check_config = (f"runuser -u {PROXY_USER} -- {q(venv)}/bin/autocode-traffic-shipper "
                     f"--check-config --config {q(TRAFFIC_CONFIG)}")

@@ -92,3 +92,33 @@ def test_accounts_fact_reads_users_groups_and_primary_group():
     assert state["users"]["root"]["home"] == "/root"
     assert "root" in state["groups"]
     assert "autocode-surely-missing" not in state["users"]
+
+
+class _Host:
+    """Just what fact_once touches of a pyinfra Host: its name, the run's state, get_fact."""
+
+    def __init__(self, name: str, state, readings: dict):
+        self.name, self.state, self.readings, self.calls = name, state, readings, 0
+
+    def get_fact(self, cls, **kwargs):
+        self.calls += 1
+        return self.readings[self.name]
+
+
+def test_fact_once_keeps_each_hosts_reading_apart():
+    """Two hosts asking the same fact with the same arguments (the same rules file path on
+    orchestrator and workers) each get their own reading, read once per stage."""
+    from types import SimpleNamespace
+
+    from infra.facts import fact_once
+
+    state = SimpleNamespace(current_stage="prepare")
+    readings = {"orchestrator": {"/x": "orchestrator's"}, "worker1": {"/x": "worker1's"}}
+    orch, worker = _Host("orchestrator", state, readings), _Host("worker1", state, readings)
+    for _ in range(3):
+        assert fact_once(orch, PathStates, paths=("/x",)) == {"/x": "orchestrator's"}
+        assert fact_once(worker, PathStates, paths=("/x",)) == {"/x": "worker1's"}
+    assert (orch.calls, worker.calls) == (1, 1)
+    state.current_stage = "execute"  # a run reads again what its operations may have changed
+    fact_once(worker, PathStates, paths=("/x",))
+    assert worker.calls == 2
