@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.inventory_file import group_defaults
+from lab.api import Lab
 from lab.config import LabConfig, default_extra_ca_certs
-from lab.inventory_file import known_hosts_file
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: list[tuple[str, str]] = []
@@ -37,35 +38,35 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{label:48} {value}")
 
 
-def _lab(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO, check=True, timeout=1800)
-
-
 @pytest.fixture(scope="session")
-def lab() -> LabConfig:
+def lab() -> Lab:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (namespaces, bridges, containers)")
     for tool in ("systemd-nspawn", "debootstrap", "iptables"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is missing; `make test` installs it")
-    cfg = replace(LabConfig(workers=4), extra_ca_certs=default_extra_ca_certs())
-    if not (os.environ.get("AUTOCODE_LAB_REUSE") and cfg.inventory_file.exists()):
-        _lab("down")  # bare hosts: whatever an earlier session left is thrown away
-        started = time.monotonic()
-        _lab("up", "--workers", str(cfg.workers))
-        record("lab up (fresh hosts)", f"{time.monotonic() - started:.1f} s")
+    lab = Lab(replace(LabConfig(workers=4), extra_ca_certs=default_extra_ca_certs()))
+    if not (os.environ.get("AUTOCODE_LAB_REUSE") and lab.inventory_file.exists()):
+        lab.down()  # bare hosts: whatever an earlier session left is thrown away
+        record("lab up (fresh hosts)", f"{lab.up():.1f} s")
     try:
-        yield cfg
+        yield lab
     finally:
         if not os.environ.get("AUTOCODE_LAB_KEEP"):
-            _lab("down")
+            lab.down()
+
+
+@pytest.fixture(scope="session")
+def defaults() -> dict[str, dict]:
+    """The deploy's group data per group, for paths and names the tests look at."""
+    return {group: group_defaults(group) for group in ("orchestrator", "workers")}
 
 
 class Pyinfra:
     """Runs the real CLI against the lab's inventory, as a user would."""
 
-    def __init__(self, cfg: LabConfig):
-        self.env = {**os.environ, "AUTOCODE_INVENTORY": str(cfg.inventory_file)}
+    def __init__(self, lab: Lab):
+        self.env = {**os.environ, "AUTOCODE_INVENTORY": str(lab.inventory_file)}
 
     def run(self, *args: str, timeout: float = 1500) -> tuple[dict, float]:
         started = time.monotonic()
@@ -105,13 +106,7 @@ def pyinfra(lab) -> Pyinfra:
 def ssh(lab):
     def run(host: str, command: str, check: bool = True,
             input: str | None = None) -> subprocess.CompletedProcess:
-        machine = lab.machine(host)
-        proc = subprocess.run(
-            ["ssh", "-i", str(lab.ssh_key), "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={known_hosts_file(lab)}",
-             "-o", "StrictHostKeyChecking=yes", f"root@{machine.ssh_addr}", command],
-            capture_output=True, text=True, timeout=300, input=input,
-        )
+        proc = lab.ssh(host, command, input=input)
         if check:
             assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
         return proc

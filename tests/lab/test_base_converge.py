@@ -5,33 +5,39 @@ Tests in this module run in order and build on each other, like a user's first d
 
 from __future__ import annotations
 
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from infra.inventory_file import group_defaults
+from tasks.base import CA_DIR
+
 from .conftest import changed_hosts, record
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
-ALL_HOSTS = {"orchestrator", "worker1", "worker2", "worker3", "worker4"}
+
+
+@pytest.fixture(scope="module")
+def all_hosts(lab) -> set[str]:
+    return {m.name for m in lab.deploy_hosts}
 
 
 def group_value(group: str, key: str):
-    return runpy.run_path(str(REPO / "group_data" / f"{group}.py"))[key]
+    return group_defaults(group)[key]
 
 
-def test_dry_plan_on_fresh_hosts(pyinfra):
+def test_dry_plan_on_fresh_hosts(pyinfra, all_hosts):
     """What users run in CI against their VMs: a plan, nothing changed."""
     result, elapsed = pyinfra.run("--dry")
     record("dry run against fresh hosts", f"{elapsed:.1f} s")
     assert result["results"] is None
-    assert set().union(*changed_hosts(result).values()) == ALL_HOSTS
+    assert set().union(*changed_hosts(result).values()) == all_hosts
 
 
-def test_first_converge(pyinfra):
+def test_first_converge(pyinfra, all_hosts):
     result, elapsed = pyinfra.run()
     record("first converge (bare hosts)", f"{elapsed:.1f} s")
     totals = result["results"]["totals"]
@@ -45,7 +51,7 @@ def test_first_converge(pyinfra):
         for host in op["success"] + op["no_change"]:
             ops[host] = ops.get(host, 0) + 1
     record("operations per host", ", ".join(f"{h} {n}" for h, n in sorted(ops.items())))
-    assert set(ops) == ALL_HOSTS
+    assert set(ops) == all_hosts
 
 
 def test_second_apply_changes_nothing(pyinfra):
@@ -56,7 +62,7 @@ def test_second_apply_changes_nothing(pyinfra):
 
 def test_lab_up_again_leaves_provisioned_hosts_alone(lab, pyinfra):
     """`make lab` twice: the lab's second `up` must not undo what the deploy set up."""
-    up = subprocess.run([sys.executable, "-m", "lab", "up", "--workers", str(lab.workers)],
+    up = subprocess.run([sys.executable, "-m", "lab", "up", "--workers", str(len(lab.workers))],
                         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert up.returncode == 0, up.stderr
     result, _ = pyinfra.run()
@@ -64,9 +70,8 @@ def test_lab_up_again_leaves_provisioned_hosts_alone(lab, pyinfra):
 
 
 def test_hosts_have_accounts_tree_and_trust(lab, ssh):
-    for host, group in [("orchestrator", "orchestrator")] + [
-        (f"worker{n}", "workers") for n in range(1, 5)
-    ]:
+    for host, group in [(m.name, "orchestrator" if m.role == "orchestrator" else "workers")
+                        for m in lab.deploy_hosts]:
         for user in group_value(group, "system_users"):
             out = ssh(host, f"getent passwd {user}").stdout.split(":")
             assert out[6].strip() == "/usr/sbin/nologin", f"{host}: {user} can log in"
@@ -77,11 +82,12 @@ def test_hosts_have_accounts_tree_and_trust(lab, ssh):
         seen = {line.split()[0]: tuple(line.split()[1:]) for line in listing}
         for rel, want in tree.items():
             assert seen[f"{root}/{rel}".rstrip("/")] == want, f"{host}: {rel}"
-        assert ssh(host, "stat -c '%U %G %a' /etc/autocode").stdout.split() == [
+        config_dir = group_value(group, "config_dir")
+        assert ssh(host, f"stat -c '%U %G %a' {config_dir}").stdout.split() == [
             "root", "root", "755"]
         # Each extra CA, byte for byte, in the bundle that TLS clients read.
         bundle = ssh(host, "cat /etc/ssl/certs/ca-certificates.crt").stdout
-        for cert in lab.extra_ca_certs:
+        for cert in lab.cfg.extra_ca_certs:
             body = "".join(cert.read_text().split("-----")[2].split())
             assert body in "".join(bundle.split()), f"{host}: {cert.name} not trusted"
 
@@ -107,15 +113,13 @@ def test_drift_is_reported_and_repaired(pyinfra, ssh):
 
 
 def test_removed_ca_certificate_is_restored(lab, pyinfra, ssh):
-    if not lab.extra_ca_certs:
+    if not lab.cfg.extra_ca_certs:
         pytest.skip("the control machine has no extra CA certificates to install")
-    name = f"autocode-{lab.extra_ca_certs[0].name}"
-    ssh("worker3", f"rm /usr/local/share/ca-certificates/autocode/{name} && "
+    name = f"autocode-{lab.cfg.extra_ca_certs[0].name}"
+    ssh("worker3", f"rm {CA_DIR}/{name} && "
         "update-ca-certificates --fresh >/dev/null")
     result, _ = pyinfra.run()
     changed = changed_hosts(result)
-    assert changed == {
-        f"Base system | CA certificate {name}": {"worker3"},
-        "Base system | Rebuild the CA trust store": {"worker3"},
-    }
+    # One operation owns the folder: it writes the file and rebuilds the trust store.
+    assert changed == {"Base system | Extra CA certificates": {"worker3"}}
     ssh("worker3", f"test -L /etc/ssl/certs/{name[:-4]}.pem")

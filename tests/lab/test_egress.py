@@ -13,19 +13,26 @@ from pathlib import Path
 
 import pytest
 
+from infra.inventory_file import group_defaults
+from tasks.mitmproxy import AGENT_ENV, CA_CERT, CA_KEY, WORKER_CA, spool_dir
+
 from .conftest import changed_hosts, record
 
 pytestmark = pytest.mark.lab
 PROBE = (Path(__file__).parent / "assets" / "probe.py").read_text()
-SPOOL = "/mnt/data/autocode/logs/traffic/spool"
+SPOOL = spool_dir(group_defaults("orchestrator"))
 SECRET = "sk-planted-" + uuid.uuid4().hex
-AGENT = "autocode"
-WORKERS = [f"worker{n}" for n in range(1, 5)]
+AGENT = group_defaults("workers")["service_user"]  # the account agents run as
 
 
 @pytest.fixture(scope="module")
-def probe(lab, ssh, converged):
-    for host in ["orchestrator", *WORKERS]:
+def workers(lab) -> list[str]:
+    return [m.name for m in lab.workers]
+
+
+@pytest.fixture(scope="module")
+def probe(lab, ssh, converged, workers):
+    for host in ["orchestrator", *workers]:
         ssh(host, "cat > /tmp/probe.py", input=PROBE)
 
     def run(host: str, *args: str, user: str | None = None) -> dict:
@@ -47,10 +54,10 @@ def spool_records(ssh, predicate, want: int, timeout: float = 15) -> list[dict]:
         time.sleep(0.5)
 
 
-def test_worker_requests_are_logged_with_identity_and_redacted(lab, ssh, probe):
+def test_worker_requests_are_logged_with_identity_and_redacted(lab, ssh, probe, workers):
     inet = lab.internet.uplink_addr
     marker = uuid.uuid4().hex
-    for host in WORKERS:
+    for host in workers:
         base = f"{inet}/probe/{marker}/{host}"
         out = ssh(host, f"runuser -u {AGENT} -- curl -sS --fail -H 'Authorization: Bearer "
                   f"{SECRET}' http://{base}/curl-http").stdout
@@ -60,8 +67,8 @@ def test_worker_requests_are_logged_with_identity_and_redacted(lab, ssh, probe):
         got = probe(host, "http", f"https://{base}/python", user=AGENT)
         assert got["ok"], got
 
-    records = spool_records(ssh, lambda r: marker in r["url"], want=3 * len(WORKERS))
-    assert len(records) == 3 * len(WORKERS)
+    records = spool_records(ssh, lambda r: marker in r["url"], want=3 * len(workers))
+    assert len(records) == 3 * len(workers)
     for r in records:
         host = r["url"].split(marker + "/")[1].split("/")[0]
         assert r["worker_id"] == host
@@ -73,13 +80,13 @@ def test_worker_requests_are_logged_with_identity_and_redacted(lab, ssh, probe):
             assert r["request_headers"]["authorization"] != f"Bearer {SECRET}"
     spool = ssh("orchestrator", f"cat {SPOOL}/segment-*.jsonl").stdout
     assert SECRET not in spool
-    record("requests logged (4 workers x 3 clients)", f"{len(records)} of {3 * len(WORKERS)}")
+    record("requests logged (4 workers x 3 clients)", f"{len(records)} of {3 * len(workers)}")
 
 
 def test_pip_download_through_the_proxy(ssh):
     started = time.time()
     ssh("worker1", "rm -rf /tmp/pipvenv /tmp/dl")
-    ssh("worker1", f"runuser -u {AGENT} -- sh -c 'set -a; . /etc/autocode/proxy-ca.env; "
+    ssh("worker1", f"runuser -u {AGENT} -- sh -c 'set -a; . {AGENT_ENV}; "
         "python3 -m venv /tmp/pipvenv && /tmp/pipvenv/bin/pip download --quiet "
         "--no-deps -d /tmp/dl six==1.16.0'")
     assert ssh("worker1", "ls /tmp/dl").stdout.strip() == "six-1.16.0-py2.py3-none-any.whl"
@@ -96,7 +103,7 @@ def listeners(lab, ssh):
     """Something really listening where a worker must not get: a port standing in for
     Elasticsearch on the orchestrator, and a port on the control machine."""
     ssh("orchestrator", "systemd-run --unit=lab-fake-es python3 -m http.server 9200")
-    server = socket.create_server((lab.bridge_addr, 0))
+    server = socket.create_server((lab.control_addr, 0))
     server.settimeout(0.5)
     stop = threading.Event()
 
@@ -134,8 +141,8 @@ def bypass_attempts(lab, control_port: str) -> list[tuple[str, tuple[str, ...], 
         ("Elasticsearch's port on the orchestrator", ("tcp", orch, "9200"),
          ("tcp", orch, "9200")),
         ("SSH on the orchestrator", ("tcp", orch, "22"), ("tcp", orch, "22")),
-        ("a port on the control machine", ("tcp", lab.bridge_addr, control_port),
-         ("tcp", lab.bridge_addr, control_port)),
+        ("a port on the control machine", ("tcp", lab.control_addr, control_port),
+         ("tcp", lab.control_addr, control_port)),
     ]
 
 
@@ -211,16 +218,15 @@ def test_orchestrator_firewall_drift_is_repaired(lab, ssh, probe, pyinfra):
     assert spool_records(ssh, lambda r: r["url"].endswith("/after-repair"), want=1)
 
 
-def test_proxy_restart_keeps_the_ca_and_reapply_changes_nothing(ssh, pyinfra):
-    cert = "/etc/autocode/mitmproxy/mitmproxy-ca-cert.pem"
+def test_proxy_restart_keeps_the_ca_and_reapply_changes_nothing(ssh, pyinfra, workers):
+    cert = CA_CERT
     before = ssh("orchestrator", f"sha256sum {cert}").stdout.split()[0]
     ssh("orchestrator", "systemctl restart autocode-mitmproxy && "
         "systemctl is-active autocode-mitmproxy")
     assert ssh("orchestrator", f"sha256sum {cert}").stdout.split()[0] == before
-    for host in WORKERS:
-        trusted = "/usr/local/share/ca-certificates/autocode-proxy/autocode-proxy-ca.crt"
-        assert ssh(host, f"sha256sum {trusted}").stdout.split()[0] == before
-    key_mode = ssh("orchestrator", "stat -c '%U %a' /etc/autocode/mitmproxy/mitmproxy-ca.pem")
+    for host in workers:
+        assert ssh(host, f"sha256sum {WORKER_CA}").stdout.split()[0] == before
+    key_mode = ssh("orchestrator", f"stat -c '%U %a' {CA_KEY}")
     assert key_mode.stdout.split() == ["autocode-proxy", "600"]
     result, _ = pyinfra.run()
     assert changed_hosts(result) == {}

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 
 
-def leftovers(cfg) -> dict[str, list]:
+def leftovers(lab) -> dict[str, list]:
+    cfg = lab.cfg
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True,
                                       text=True).stdout)
     netns = Path("/run/netns")
@@ -41,13 +42,12 @@ def test_down_after_kill9_leaves_nothing(lab):
     if os.environ.get("AUTOCODE_LAB_KEEP"):
         pytest.skip("AUTOCODE_LAB_KEEP is set: the lab stays up")
     killed = 0
-    for m in lab.machines:
-        pid = machines.pid_of(lab, m)
+    for pid in lab.status().values():
         if pid:
             os.kill(pid, signal.SIGKILL)
             killed += 1
-    assert killed == len(lab.machines)
+    assert killed == len(lab.hosts)
     # The containers' systemds outlive their killed nspawn: exactly what down must find.
-    assert machines.container_pids(lab)
+    assert machines.container_pids(lab.cfg)
     subprocess.run([sys.executable, "-m", "lab", "down"], cwd=REPO, check=True, timeout=300)
     assert leftovers(lab) == {k: [] for k in leftovers(lab)}

@@ -1,0 +1,73 @@
+"""The generic systemd unit operation on real hosts: a service restarts when, and only
+when, its unit or something it reads changed, including changes an earlier run wrote but
+never got to restart for, and files repaired after someone edited them."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.operations import UNIT_MARKERS
+from tasks.mitmproxy import TRAFFIC_CONFIG
+
+from .conftest import changed_hosts
+
+pytestmark = pytest.mark.lab
+PROXY = "autocode-mitmproxy.service"
+
+
+def main_pid(ssh, unit: str) -> str:
+    pid = ssh("orchestrator", f"systemctl show -P MainPID {unit}").stdout.strip()
+    assert pid not in ("", "0"), f"{unit} is not running"
+    return pid
+
+
+def test_a_run_that_stopped_before_the_restart_is_finished_next_time(ssh, pyinfra, converged):
+    """As if the last apply wrote new inputs and died before restarting: the marker of
+    what the proxy was started with no longer matches."""
+    before = main_pid(ssh, PROXY)
+    ssh("orchestrator", f"echo interrupted > {UNIT_MARKERS}/{PROXY}")
+    plan, _ = pyinfra.run("--dry")
+    assert changed_hosts(plan) == {f"mitmproxy | {PROXY}": {"orchestrator"}}
+    applied, _ = pyinfra.run()
+    assert changed_hosts(applied) == changed_hosts(plan)
+    assert main_pid(ssh, PROXY) != before
+    again, _ = pyinfra.run()
+    assert changed_hosts(again) == {}
+
+
+def test_an_edited_config_is_repaired_and_the_services_reading_it_restart(ssh, pyinfra,
+                                                                          converged):
+    proxy, shipper = main_pid(ssh, PROXY), main_pid(ssh, "autocode-traffic-shipper.service")
+    ssh("orchestrator", f"sed -i 's/fail_closed: true/fail_closed: false/' {TRAFFIC_CONFIG}")
+    plan, _ = pyinfra.run("--dry")
+    assert changed_hosts(plan) == {
+        "mitmproxy | Traffic logger configuration": {"orchestrator"},
+        f"mitmproxy | {PROXY}": {"orchestrator"},
+        "mitmproxy | autocode-traffic-shipper.service": {"orchestrator"},
+    }
+    applied, _ = pyinfra.run()
+    assert changed_hosts(applied) == changed_hosts(plan)
+    assert "fail_closed: true" in ssh("orchestrator", f"cat {TRAFFIC_CONFIG}").stdout
+    assert main_pid(ssh, PROXY) != proxy
+    assert main_pid(ssh, "autocode-traffic-shipper.service") != shipper
+    again, _ = pyinfra.run()
+    assert changed_hosts(again) == {}
+
+
+def test_an_edited_unit_file_is_rewritten_and_a_stopped_service_started(ssh, pyinfra,
+                                                                       converged):
+    ssh("worker2", "echo '# edited' >> /etc/systemd/system/autocode-gateway.service && "
+        "systemctl daemon-reload")
+    ssh("orchestrator", "systemctl stop autocode-traffic-shipper.service")
+    plan, _ = pyinfra.run("--dry")
+    assert changed_hosts(plan) == {
+        "Network: worker egress | Unit autocode-gateway.service": {"worker2"},
+        "mitmproxy | autocode-traffic-shipper.service": {"orchestrator"},
+    }
+    applied, _ = pyinfra.run()
+    assert changed_hosts(applied) == changed_hosts(plan)
+    assert "# edited" not in ssh("worker2", "cat /etc/systemd/system/autocode-gateway.service"
+                                 ).stdout
+    main_pid(ssh, "autocode-traffic-shipper.service")
+    again, _ = pyinfra.run()
+    assert changed_hosts(again) == {}
