@@ -14,37 +14,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from infra.inventory_file import LAB_INVENTORY
-
-ROOT = Path(__file__).resolve().parent.parent
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-
-
-def timed(args: list[str], env: dict) -> tuple[float, str]:
-    started = time.monotonic()
-    proc = subprocess.run([PYINFRA, "inventory.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
-    elapsed = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"pyinfra {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return elapsed, proc.stdout
+from testing.deploy import Pyinfra, operations_per_host
 
 
 def changes(result: dict) -> int:
     return sum(len(op["success"]) for op in result["results"]["operations"])
-
-
-def operations(result: dict) -> dict[str, int]:
-    per_host: dict[str, int] = {}
-    for op in result["results"]["operations"]:
-        for name in op["success"] + op["no_change"]:
-            per_host[name] = per_host.get(name, 0) + 1
-    return per_host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,21 +36,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.deploy: no inventory at {args.inventory}; bring the lab up and converge "
               "it first (`make lab`, as root). Skipped.")
         return 0
-    env = {**os.environ, "AUTOCODE_INVENTORY": str(args.inventory)}
-    reapply_args = ["deploy.py", "-y", "--json"]
-    floor_args = ["exec", "-y", "--", "true"]
+    pyinfra = Pyinfra(args.inventory)
+    reapply_args = ("deploy.py", "-y", "--json")
+    floor_args = ("exec", "-y", "--", "true")
     # Converge first, so every measured re-apply has nothing to do.
-    timed(reapply_args, env)
+    pyinfra.command(*reapply_args)
     times: dict[str, list[float]] = {"re-apply (no change)": [], "floor (exec -- true)": []}
     changed_rounds, per_host = 0, {}
     for n in range(args.rounds):
         order = [("re-apply (no change)", reapply_args), ("floor (exec -- true)", floor_args)]
         for name, command in order[n % 2:] + order[:n % 2]:
-            elapsed, out = timed(command, env)
+            out, elapsed = pyinfra.command(*command)
             times[name].append(elapsed)
             if command is reapply_args:
                 result = json.loads(out)
-                per_host = operations(result)
+                per_host = operations_per_host(result)
                 changed_rounds += changes(result) > 0
         print(f"  round {n + 1}/{args.rounds}: " + ", ".join(
             f"{name} {values[-1]:.2f} s" for name, values in times.items()), flush=True)

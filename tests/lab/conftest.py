@@ -7,28 +7,18 @@ iterating on one test; the converge and idempotence figures then mean nothing).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from infra.inventory_file import group_defaults
 from lab.api import Lab
 from lab.config import LabConfig, default_extra_ca_certs
-
-REPO = Path(__file__).resolve().parents[2]
-FIGURES: list[tuple[str, str]] = []
-
-
-def record(label: str, value: str) -> None:
-    FIGURES.append((label, value))
-    print(f"[figure] {label}: {value}")
+from testing.deploy import Pyinfra
+from testing.figures import FIGURES, record
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -62,44 +52,9 @@ def defaults() -> dict[str, dict]:
     return {group: group_defaults(group) for group in ("orchestrator", "workers")}
 
 
-class Pyinfra:
-    """Runs the real CLI against the lab's inventory, as a user would."""
-
-    def __init__(self, lab: Lab):
-        self.env = {**os.environ, "AUTOCODE_INVENTORY": str(lab.inventory_file)}
-
-    def run(self, *args: str, timeout: float = 1500) -> tuple[dict, float]:
-        started = time.monotonic()
-        proc = subprocess.run(
-            [str(Path(sys.executable).with_name("pyinfra")), "inventory.py", "deploy.py",
-             # -y skips change detection, which a dry plan is for; an apply needs it.
-             *([] if "--dry" in args else ["-y"]), "--json", *args],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        elapsed = time.monotonic() - started
-        assert proc.returncode == 0, f"pyinfra {args} failed:\n{proc.stderr[-6000:]}"
-        return json.loads(proc.stdout), elapsed
-
-
-def changed_hosts(result: dict) -> dict[str, set[str]]:
-    """Operation name -> hosts it changed (or, in a dry run, would change).
-
-    Counts `hosts_with_change` in the plan, as Molecule's idempotence step does, and for
-    a real run also every host an operation reported as changed."""
-    out: dict[str, set[str]] = {}
-    for op in result["plan"]:
-        if op["hosts_with_change"]:
-            out.setdefault(op["name"], set()).update(op["hosts_with_change"])
-    for op in (result.get("results") or {}).get("operations", []):
-        if op["success"]:
-            out.setdefault(op["name"], set()).update(op["success"])
-    return out
-
-
 @pytest.fixture(scope="session")
 def pyinfra(lab) -> Pyinfra:
-    return Pyinfra(lab)
+    return Pyinfra(lab.inventory_file)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import pytest
 
 from infra.inventory_file import group_defaults
 from tasks.base import CA_DIR
-
-from .conftest import changed_hosts, record
+from testing.deploy import changed_hosts
+from testing.figures import record
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ import pytest
 
 from infra.inventory_file import group_defaults
 from tasks.mitmproxy import AGENT_ENV, CA_CERT, CA_KEY, WORKER_CA, spool_dir
-
-from .conftest import changed_hosts, record
+from testing.deploy import changed_hosts
+from testing.figures import record
 
 pytestmark = pytest.mark.lab
 PROBE = (Path(__file__).parent / "assets" / "probe.py").read_text()

@@ -8,8 +8,7 @@ import pytest
 
 from infra.operations import UNIT_MARKERS
 from tasks.mitmproxy import TRAFFIC_CONFIG
-
-from .conftest import changed_hosts
+from testing.deploy import changed_hosts
 
 pytestmark = pytest.mark.lab
 PROXY = "autocode-mitmproxy.service"
