@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -102,7 +103,23 @@ class BudgetLedger:
         self._db = sqlite3.connect(
             self.db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._set_up(busy_timeout_s)
+
+    def _set_up(self, busy_timeout_s: float) -> None:
+        """WAL mode and the schema. Switching a new file to WAL takes an exclusive lock
+        and SQLite answers "database is locked" at once, without waiting for the busy
+        timeout, while another process does the same: retry until that timeout."""
+        deadline = monotonic() + busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or monotonic() + delay > deadline:
+                    raise
+                sleep(delay)
+                delay = min(delay * 2, 0.2)
         self._db.execute("PRAGMA synchronous=FULL")  # a recorded charge survives power loss
         self._db.executescript(_SCHEMA)
 

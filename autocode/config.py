@@ -56,7 +56,7 @@ from autocode.agents.types import TASK_ID_PATTERN, AgentConfig, Task
 
 DEFAULT_CONFIG_PATH = Path("/etc/autocode/worker.yaml")
 DEFAULT_DATA_ROOT = Path("/mnt/data/autocode")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` admits a final \n
 
 
 class ConfigError(ValueError):

@@ -33,7 +33,7 @@ from loguru import logger
 DEFAULT_MOUNT_POINT = "secret"
 DEFAULT_TOKEN_FILE = Path("/etc/autocode/vault-token")
 PAYMENT_CARD_PATH = "payments/card_primary"
-CURRENCY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+CURRENCY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")  # \Z: `$` lets "TON\n" by
 
 
 class SecretAccessError(RuntimeError):

@@ -9,15 +9,16 @@ the small helpers here.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: `$` admits a final \n
 PORT_FIELDS_SUFFIX = "_port"
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 # Paths on the hosts go into commands and unit files: plain characters only.
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*\Z")
 
 
 class Problems:
@@ -36,7 +37,10 @@ class Problems:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float: YAML's .nan compares false with everything, so a `<= 0`
+    check alone would let it through."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def is_port(value: Any) -> bool:

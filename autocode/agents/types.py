@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # not `$`: see NAME_PATTERN
 
 # Result statuses. "refused_budget" and "interrupted" never reached (or never finished) the CLI.
 SUCCEEDED = "succeeded"

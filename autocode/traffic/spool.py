@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SEGMENT_RE = re.compile(r"^segment-(\d{12})\.jsonl$")
+SEGMENT_RE = re.compile(r"^segment-(\d{12})\.jsonl\Z")
 
 
 class SpoolError(OSError):

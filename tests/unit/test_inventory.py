@@ -83,7 +83,8 @@ def test_unknown_agent_type_lists_valid_ones(tmp_path, key):
     assert "aider, claude-code, cursor-cli, qwen-coder" in msg
 
 
-@pytest.mark.parametrize("budget", [0, -5, "lots", True])
+@pytest.mark.parametrize("budget", [0, -5, "lots", True, float("nan"), float("inf"),
+                                    float("-inf")])
 def test_budget_must_be_positive_number(tmp_path, key, budget):
     doc = good(key)
     doc["workers"][1]["daily_budget_usd"] = budget
@@ -218,3 +219,31 @@ def test_pyinfra_exits_before_connecting(tmp_path, key):
     assert "unknown agent type 'copilot'" in proc.stderr
     assert "No host was contacted" in proc.stderr
     assert "Connecting" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("spelling", [".nan", ".NaN", ".inf", "-.inf"])
+def test_yaml_non_finite_budget_is_refused(tmp_path, key, spelling):
+    """As a user types it: YAML's own spellings of NaN and infinity."""
+    text = yaml.safe_dump(good(key)).replace("daily_budget_usd: 10",
+                                             f"daily_budget_usd: {spelling}")
+    assert spelling in text
+    assert "worker 'worker1': daily_budget_usd:" in problems(tmp_path, text)
+
+
+@pytest.mark.parametrize(("where", "field", "value"), [
+    ("data", "project_id", "acme\n"),
+    ("data", "data_root", "/mnt/data/autocode\n"),
+    ("data", "install_dir", "/opt/autocode\n"),
+])
+def test_a_trailing_newline_is_not_a_valid_name_or_path(tmp_path, key, where, field, value):
+    """`$` in a regular expression matches before a final newline; a name or path that
+    ends in one would split a unit file or a log line."""
+    doc = good(key)
+    doc.setdefault(where, {})[field] = value
+    assert f"{field}: " in problems(tmp_path, doc)
+
+
+def test_a_host_name_with_a_trailing_newline_is_refused(tmp_path, key):
+    doc = good(key)
+    doc["workers"][0]["name"] = "worker1\n"
+    assert "is not a valid host name" in problems(tmp_path, doc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -173,3 +174,34 @@ def test_daily_report_json_and_csv(tmp_path):
     assert [r["idempotency_key"] for r in rows] == ["k1", "k2", "k3"]
     assert rows[1] == {**rows[1], "agent": "cursor-cli", "amount_usd": "0.2",
                        "source": "metered"}
+
+
+
+def _open_at_the_barrier(db: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        ledger = BudgetLedger(db)
+        ledger.spent()
+        ledger.close()
+        results.put("")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_a_new_ledger_opened_by_many_processes_at_once_never_fails(tmp_path):
+    """Real processes released by one barrier open a new ledger file together: the first
+    switches it to WAL while the others open it, and none may fail with 'database is
+    locked' (SQLite answers that at once there, without waiting for the busy timeout)."""
+    ctx = multiprocessing.get_context("fork")
+    rounds, openers, failures = 40, 16, []
+    for n in range(rounds):
+        barrier, results = ctx.Barrier(openers), ctx.Queue()
+        db = str(tmp_path / f"round{n}" / "ledger.sqlite3")
+        procs = [ctx.Process(target=_open_at_the_barrier, args=(db, barrier, results))
+                 for _ in range(openers)]
+        for proc in procs:
+            proc.start()
+        failures += [r for r in (results.get(timeout=120) for _ in procs) if r]
+        for proc in procs:
+            proc.join(timeout=60)
+    assert failures == [], f"{len(failures)} of {rounds * openers} opens failed: {failures[:3]}"

@@ -126,6 +126,7 @@ def test_task_defaults(tmp_path, minimal):
     ({"prompt": "p", "timeout_s": -1}, "timeout_s: -1 must be a number > 0"),
     ({"prompt": "p", "max_cost_usd": "free"}, "max_cost_usd"),
     ({"prompt": "p", "id": "../../etc/passwd"}, "id: "),
+    ({"prompt": "p", "id": "t-1\n"}, "id: "),  # `$` matches before a final newline
     ({"prompt": "p", "workdir": "relative"}, "workdir: 'relative' must be an absolute"),
     ({"prompt": "p", "workdir": "/nonexistent/repo"}, "workdir: /nonexistent/repo does not"),
     ({"prompt": "p", "priority": 1}, "priority: unknown field"),

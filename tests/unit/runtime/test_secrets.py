@@ -194,7 +194,7 @@ def test_unreachable_vault():
 
 
 @pytest.mark.parametrize("currency", ["../payments/card_primary", "TON/../../x", "", "a b",
-                                      "TON?version=1", "x" * 33, None])
+                                      "TON?version=1", "x" * 33, None, "TON\n", "TON\r\n"])
 def test_currency_names_cannot_inject_paths_vault_double(currency):
     backend = DoubleBackend()
     try:
