@@ -12,7 +12,9 @@ Faithful where the shipper depends on it:
 Faults (queued with ``inject``, one consumed per bulk request): ``"429"``, ``"500"``,
 ``"503"`` (whole request), ``"reset"`` (connection closed, nothing stored), ``"lost_ack"``
 (stored, then connection closed before answering), ``"item_429"`` (first half of the items
-answered 429). ``down()``/``up()`` stop and restart listening on the same port.
+answered 429), ``"stall"`` (the request is held until ``release()``, then processed as
+usual: a client that gave up meanwhile finds its documents stored when it sends them
+again). ``down()``/``up()`` stop and restart listening on the same port.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class FaultServerBase:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.stalled = threading.Event()  # a "stall" fault is holding a request
+        self._released = threading.Event()
 
     @property
     def url(self) -> str:
@@ -57,6 +61,10 @@ class FaultServerBase:
     def inject(self, *faults: str) -> None:
         with self._lock:
             self.faults.extend(faults)
+
+    def release(self) -> None:
+        """Let stalled requests go on (and every later "stall" pass at once)."""
+        self._released.set()
 
     def next_fault(self) -> str | None:
         with self._lock:
@@ -102,6 +110,9 @@ class FaultServerBase:
         if fault == "reset":
             handler.abort()
             return
+        if fault == "stall":
+            self.stalled.set()
+            self._released.wait(timeout=120)
         status, response = self.process_bulk(handler, path, body)
         if fault == "item_429" and status == 200:
             for item in response["items"][: max(1, len(response["items"]) // 2)]:

@@ -12,11 +12,15 @@
   go to ``dead-letter.jsonl`` (fsynced, counted in the checkpoint, logged), so one bad record
   never blocks the pipeline. A whole-request 400/413 is bisected down to the bad document.
 - Segments are deleted (or moved to ``shipped/``) only once the checkpoint is past them.
+- A stop (SIGTERM) is honoured at once in every state: a backoff sleep or a bulk request
+  in flight is abandoned, and the batch in hand with it, the checkpoint left where it was.
+  The next start sends that batch again; the ``_id``s make what had arrived a 409.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +51,10 @@ class Doc:
 
 class RetryLater(Exception):
     """The whole request failed in a way worth retrying (logged by the caller)."""
+
+
+class Stopping(Exception):
+    """The stop event was set while a batch was in hand; it is left for the next start."""
 
 
 def document_id(record: Any, raw: bytes) -> str:
@@ -92,6 +100,7 @@ class Shipper:
         self.client = client or make_client(config)
         self.checkpoint = Checkpoint.load(config.checkpoint_path)
         self._failures = 0  # consecutive, for the backoff
+        self._stop: asyncio.Event | None = None
         self.requests_sent = 0
 
     async def close(self) -> None:
@@ -101,14 +110,42 @@ class Shipper:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        self._stop = stop
         logger.info("traffic shipper: {} -> {} index {}", self.config.spool_dir,
                     self.es.url, self.es.index)
-        while not stop.is_set():
-            if not await self.ship_once():
-                try:
-                    await asyncio.wait_for(stop.wait(), self.es.poll_interval)
-                except TimeoutError:
-                    pass
+        try:
+            while not stop.is_set():
+                if not await self.ship_once():
+                    try:
+                        await asyncio.wait_for(stop.wait(), self.es.poll_interval)
+                    except TimeoutError:
+                        pass
+        except Stopping:
+            logger.info("traffic shipper: stopped mid-batch; it is sent again from segment {} "
+                        "offset {} at the next start", self.checkpoint.segment,
+                        self.checkpoint.offset)
+        finally:
+            self._stop = None
+
+    async def _unless_stopped(self, awaitable):
+        """Await `awaitable`, or abandon it and raise Stopping as soon as the stop event
+        is set (an in-flight request is cancelled; what it did is deduplicated later)."""
+        if self._stop is None:
+            return await awaitable
+        if self._stop.is_set():
+            raise Stopping
+        work = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        raise Stopping
 
     async def drain(self) -> None:
         """Ship until nothing complete is left (tests, and a final flush)."""
@@ -210,7 +247,7 @@ class Shipper:
         body = b"\n".join(lines) + b"\n"
         self.requests_sent += 1
         try:
-            response = await self.client.bulk(operations=body)
+            response = await self._unless_stopped(self.client.bulk(operations=body))
         except UnsupportedProductError:
             raise RetryLater("the server at elasticsearch.url is not Elasticsearch") from None
         except ApiError as exc:
@@ -234,7 +271,7 @@ class Shipper:
         delay = cap / 2 + random.uniform(0, cap / 2)
         logger.warning("traffic shipper: Elasticsearch not accepting yet ({}); retry {} in "
                        "{:.2f}s", reason, self._failures, delay)
-        await asyncio.sleep(delay)
+        await self._unless_stopped(asyncio.sleep(delay))
 
     # -- dead letters and segment retirement --------------------------------------------------
 

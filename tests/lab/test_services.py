@@ -9,6 +9,7 @@ import pytest
 from infra.operations import UNIT_MARKERS
 from tasks.mitmproxy import TRAFFIC_CONFIG
 from testing.deploy import changed_hosts
+from testing.figures import record
 
 pytestmark = pytest.mark.lab
 PROXY = "autocode-mitmproxy.service"
@@ -70,3 +71,26 @@ def test_an_edited_unit_file_is_rewritten_and_a_stopped_service_started(ssh, pyi
     main_pid(ssh, "autocode-traffic-shipper.service")
     again, _ = pyinfra.run()
     assert changed_hosts(again) == {}
+
+
+def test_shipper_restarts_promptly_while_elasticsearch_is_unreachable(ssh, converged):
+    """No Elasticsearch in the lab yet: the shipper backs off, and a restart must not wait
+    out TimeoutStopSec and end in SIGKILL."""
+    shipper = "autocode-traffic-shipper.service"
+    assert ssh("orchestrator", "curl -s -m 2 http://127.0.0.1:9200/ || echo unreachable"
+               ).stdout.strip() == "unreachable"
+    before = main_pid(ssh, shipper)
+    # It is backing off: the spool has the requests of earlier tests, and nowhere to go.
+    ssh("orchestrator", f"for i in $(seq 50); do journalctl -u {shipper} -n 20 --no-pager | "
+        "grep -q 'not accepting yet' && exit 0; sleep 0.2; done; exit 1")
+    timed_restart = ("import subprocess, time; t = time.monotonic(); "
+                     f"subprocess.run(['systemctl', 'restart', '{shipper}'], check=True); "
+                     "print(time.monotonic() - t)")
+    since = ssh("orchestrator", "sleep 1; date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    seconds = float(ssh("orchestrator", f'python3 -c "{timed_restart}"').stdout)
+    record("shipper restart with Elasticsearch unreachable", f"{seconds:.2f} s")
+    assert seconds < 5
+    assert main_pid(ssh, shipper) != before
+    log = ssh("orchestrator", f"journalctl -u {shipper} --since '{since}' --no-pager").stdout
+    assert "stopped mid-batch" in log
+    assert "SIGKILL" not in log and "timed out" not in log

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
 from autocode.traffic import shipper as shipper_module
 from autocode.traffic.shipper import Shipper
@@ -188,3 +195,117 @@ def test_shipper_backoff_grows_to_the_cap(tmp_path, monkeypatch):
         asyncio.run(shipper._backoff("test"))
     caps = [1, 2, 4, 8, 8, 8]
     assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+
+
+# -- stopping: within 5 s of SIGTERM in every state, checkpoint consistent -----------------
+
+# Backoff long enough that a shipper ignoring the stop would sleep far past the 5 s bound.
+SLOW_RETRY = {"retry_initial": 40, "retry_max": 60}
+STOP_BOUND_S = 5  # systemd's stop must never reach TimeoutStopSec and SIGKILL
+
+
+def stop_while(config, condition, timeout=30.0):
+    """Run the shipper until `condition(shipper)` holds, set the stop event; returns the
+    seconds from stop to return and the shipper."""
+
+    async def scenario():
+        shipper = Shipper(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipper.run(stop))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition(shipper):
+            assert not task.done(), "the shipper ended by itself"
+            assert asyncio.get_running_loop().time() < deadline, "condition never held"
+            await asyncio.sleep(0.02)
+        stopped_at = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+        elapsed = asyncio.get_running_loop().time() - stopped_at
+        await shipper.close()
+        return elapsed, shipper
+
+    return asyncio.run(scenario())
+
+
+def test_stop_is_prompt_while_elasticsearch_is_down(tmp_path, es_backend):
+    config = config_for(tmp_path, es_backend, elasticsearch={"batch_size": 50, **SLOW_RETRY})
+    records = spool_records(config.spool_dir, 120, per_segment=60)
+    es_backend.server.down()
+    elapsed, shipper = stop_while(config, lambda s: s._failures >= 1)
+    assert elapsed < STOP_BOUND_S
+    assert Checkpoint.load(config.checkpoint_path) == Checkpoint()  # nothing claimed
+    es_backend.server.up()
+    asyncio.run(drain(config))
+    assert_exactly_once(es_backend, records)
+    assert Checkpoint.load(config.checkpoint_path).shipped_total == 120
+
+
+def test_stop_is_prompt_in_a_429_storm(tmp_path, es_backend):
+    config = config_for(tmp_path, es_backend, elasticsearch={"batch_size": 50, **SLOW_RETRY})
+    records = spool_records(config.spool_dir, 100, per_segment=100)
+    es_backend.server.inject(*["429"] * 20)
+    elapsed, _ = stop_while(config, lambda s: s._failures >= 1)
+    assert elapsed < STOP_BOUND_S
+    assert Checkpoint.load(config.checkpoint_path).shipped_total == 0
+    es_backend.server.faults.clear()
+    asyncio.run(drain(config))
+    assert_exactly_once(es_backend, records)
+
+
+def test_stop_mid_batch_abandons_the_request_and_the_restart_ships_nothing_twice(
+        tmp_path, es_backend):
+    """A bulk request in flight when the stop comes: abandoned at once; Elasticsearch
+    then stores it anyway, and the next start's resend is answered 409, not stored again."""
+    config = config_for(tmp_path, es_backend, elasticsearch={"batch_size": 40})
+    records = spool_records(config.spool_dir, 100, per_segment=100)
+    server = es_backend.server
+    server.inject("stall")  # the first batch: 40 documents
+    try:
+        elapsed, _ = stop_while(config, lambda s: server.stalled.is_set())
+    finally:
+        server.release()
+    assert elapsed < STOP_BOUND_S
+    assert Checkpoint.load(config.checkpoint_path).shipped_total == 0
+    for _ in range(200):  # the released request is stored a moment later
+        if len(es_backend.ids()) >= 40:
+            break
+        time.sleep(0.05)
+    assert len(es_backend.ids()) == 40
+    asyncio.run(drain(config))
+    assert_exactly_once(es_backend, records)
+    assert server.conflicts >= 40
+    assert Checkpoint.load(config.checkpoint_path).shipped_total == 100
+
+
+def test_the_shipper_process_stops_on_sigterm_with_elasticsearch_unreachable(tmp_path):
+    """The console script as systemd runs it: SIGTERM while it backs off from an
+    Elasticsearch that refuses connections; exit 0, checkpoint untouched."""
+    with socket.socket() as probe:  # a local port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spool = tmp_path / "spool"
+    spool_records(spool, 20, per_segment=20)
+    config = tmp_path / "traffic.yaml"
+    config.write_text(yaml.safe_dump({"spool_dir": str(spool), "min_free_bytes": 0,
+                                      "elasticsearch": {"url": f"http://127.0.0.1:{port}",
+                                                        **SLOW_RETRY}}))
+    log = tmp_path / "shipper.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("autocode-traffic-shipper")),
+                                 "--config", str(config)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while "not accepting yet" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    print(f"\n[shipper stop] SIGTERM to exit with Elasticsearch unreachable: {elapsed:.3f} s")
+    assert elapsed < STOP_BOUND_S
+    assert "stopped mid-batch" in log.read_text()
+    assert not (spool / "checkpoint.json").exists() or Checkpoint.load(
+        spool / "checkpoint.json").shipped_total == 0
