@@ -75,6 +75,7 @@ def worker() -> None:
                  text=render("network/autocode-gateway.service.j2", gateway=gateway))
     _rulesets(
         v4=render("network/worker.rules.v4.j2", orchestrator_address=gateway,
+                  worker_network=data.worker_network,
                   dns_port=data.dns_port, ssh_port=data.get("ssh_port") or 22,
                   orchestrator_tcp_ports=components.worker_ports(data.dict())),
         v6=render("network/worker.rules.v6.j2"),
