@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the lab drives on the control machine.
-LAB_PACKAGES := systemd-container debootstrap iptables iproute2 openssh-client
-LAB_TOOLS := systemd-nspawn debootstrap iptables ip ssh
+LAB_PACKAGES := systemd-container debootstrap iptables nftables iproute2 openssh-client
+LAB_TOOLS := systemd-nspawn debootstrap iptables nft ip ssh
 
 .PHONY: venv system-deps lab lab-down test unit-test lab-test bench lint clean
 

@@ -115,11 +115,14 @@ class Lab:
                                             [inet.uplink_addr, inet.uplink_addr6],
                                             ["internet.lab"])
         for m in cfg.machines:
+            # A host that exists but does not run was powered off: it boots cold.
+            powered_off = (cfg.rootfs(m) / "etc/os-release").exists() and not \
+                machines.pid_of(cfg, m)
             machines.create_rootfs(cfg, m, img, pubkey, _nameservers())
             if m.role == "internet":
                 machines.install_internet_fixture(cfg, m, tls)
             network.ensure_machine_net(cfg, m, mtu)
-            machines.boot(cfg, m)
+            machines.boot(cfg, m, cold=powered_off)
         for m in cfg.machines:
             machines.wait_for_ssh(cfg, m)
         inventory_file.write_known_hosts(cfg)

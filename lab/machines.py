@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -153,27 +154,37 @@ def remove_cgroups(timeout: float = 10) -> None:
                     time.sleep(0.2)
 
 
-def boot(cfg: LabConfig, m: Machine) -> None:
+def boot(cfg: LabConfig, m: Machine, cold: bool = False) -> None:
+    """Start a host unless it runs. `cold`: it ran before (it was powered off), so its
+    network namespace first loses what a power cycle loses."""
     if pid_of(cfg, m):
         return
+    if cold:
+        from .network import reset_for_cold_boot
+        reset_for_cold_boot(m.netns, m.role)
     cgroups = _cgroup_dirs(m)
     for d in cgroups:
         d.mkdir(parents=True, exist_ok=True)
     log = open(cfg.logfile(m), "ab")
     proc = subprocess.Popen(
         [
+            # Boots the host again when it reboots itself (nspawn exits 133 then).
+            sys.executable, "-m", "lab.supervise", m.netns, m.role,
             "systemd-nspawn", "--boot", "--quiet",
             f"--directory={cfg.rootfs(m)}", f"--machine={m.name}",
             # No systemd on the control machine: nothing to register with or scope under.
             "--register=no", "--keep-unit",
             f"--network-namespace-path=/run/netns/{m.netns}",
             "--link-journal=no", "--resolv-conf=off", "--timezone=off",
-            "--console=passive",
+            # The console goes to the host's log file: a console pty nobody reads fills
+            # up, and then PID 1 blocks writing to it (a reboot hung that way).
+            "--console=pipe",
             # A host must manage its own firewall and sysctls, as a VM does; nspawn grants
             # this only with --private-network, which a namespace path excludes.
             "--capability=CAP_NET_ADMIN",
         ],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent,  # where `lab` is importable
         preexec_fn=lambda: _enter_cgroups(cgroups),
         env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
     )

@@ -186,6 +186,27 @@ def ensure_machine_net(cfg: LabConfig, m: Machine, mtu: int) -> None:
         _sysctl(ns, "net.ipv4.ip_forward", "0")
 
 
+# Kernel defaults of a new network namespace, as a VM's kernel has them at boot.
+_BOOT_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.send_redirects": "1",
+                 "net.ipv4.conf.default.send_redirects": "1",
+                 "net.ipv6.conf.all.forwarding": "0"}
+
+
+def reset_for_cold_boot(ns: str, role: str) -> None:
+    """What a reboot wipes on a VM but a network namespace outlives a container's reboot:
+    the firewall (both families), the kernel's forwarding settings and, on a worker, the
+    default route the deploy made. The addresses stay: the lab's network hands them out,
+    as a VM's static configuration or DHCP would. A host comes back only with what its own
+    boot restores."""
+    # No table at all, as at boot (an emptied table would still show in iptables-save).
+    run("ip", "netns", "exec", ns, "nft", "flush", "ruleset")
+    for key, value in _BOOT_SYSCTLS.items():
+        _sysctl(ns, key, value)
+    if role == "worker":
+        for family in ("-4", "-6"):
+            run("ip", "-n", ns, family, "route", "flush", "default", check=False)
+
+
 def _ensure_orchestrator_router(cfg: LabConfig, ns: str) -> None:
     """Until the deploy installs its own ruleset, route and NAT the workers like a cloud
     router would, so that they can install packages."""

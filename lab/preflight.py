@@ -11,6 +11,7 @@ REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "iptables": "iptables",
+    "nft": "nftables",  # a host's reboot empties its namespace's firewall
     "ip": "iproute2",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",

@@ -1,7 +1,10 @@
-"""Traffic logger test data: configs, records and spool segments."""
+"""Traffic logger test data: configs, records and spool segments; and reading the spool
+of a lab orchestrator."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,3 +36,16 @@ def write_segment(spool_dir: Path, seq: int, records: list[dict], tail: bytes = 
     path = spool_dir / segment_name(seq)
     path.write_bytes(b"".join(encode_record(r) for r in records) + tail)
     return path
+
+
+def remote_spool_records(ssh, spool_dir: str, predicate, want: int, timeout: float = 15
+                         ) -> list[dict]:
+    """Records in the orchestrator's spool (read over `ssh(host, command)`) matching
+    `predicate`; waits up to `timeout` for the writer to have `want` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = ssh("orchestrator", f"cat {spool_dir}/segment-*.jsonl 2>/dev/null || true").stdout
+        found = [r for r in map(json.loads, text.splitlines()) if predicate(r)]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)

@@ -17,6 +17,7 @@ from infra.inventory_file import group_defaults
 from tasks.mitmproxy import AGENT_ENV, CA_CERT, CA_KEY, WORKER_CA, spool_dir
 from testing.deploy import changed_hosts
 from testing.figures import record
+from testing.traffic import remote_spool_records
 
 pytestmark = pytest.mark.lab
 PROBE = (Path(__file__).parent / "assets" / "probe.py").read_text()
@@ -44,14 +45,7 @@ def probe(lab, ssh, converged, workers):
 
 
 def spool_records(ssh, predicate, want: int, timeout: float = 15) -> list[dict]:
-    """Records in the orchestrator's spool matching `predicate`; waits for the writer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = ssh("orchestrator", f"cat {SPOOL}/segment-*.jsonl 2>/dev/null || true").stdout
-        found = [r for r in map(json.loads, text.splitlines()) if predicate(r)]
-        if len(found) >= want or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
+    return remote_spool_records(ssh, SPOOL, predicate, want, timeout)
 
 
 def test_worker_requests_are_logged_with_identity_and_redacted(lab, ssh, probe, workers):
