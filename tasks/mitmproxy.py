@@ -13,7 +13,7 @@ from pathlib import Path
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 
-from autocode.traffic.config import DEFAULT_INDEX, dump_config
+from autocode.traffic.config import DEFAULT_INDEX, NON_HTTP_POLICIES, dump_config
 from infra.component import Component
 from infra.facts import q
 from infra.operations import (
@@ -44,6 +44,10 @@ PROFILE = "/etc/profile.d/autocode-proxy-ca.sh"
 
 def check(problems: Problems, role: str, data) -> None:
     check_bool(problems, "proxy_fail_closed", data.get("proxy_fail_closed"))
+    if data.get("proxy_non_http") not in NON_HTTP_POLICIES:
+        problems.add("proxy_non_http", f"{data.get('proxy_non_http')!r} is not a policy; use "
+                     f"one of {', '.join(NON_HTTP_POLICIES)} (block refuses and records "
+                     "connections that are not HTTP; allow relays and records them)")
     check_pem_files(problems, "proxy_upstream_ca_certs", data.get("proxy_upstream_ca_certs"))
     version = data.get("mitmproxy_version")
     if not (isinstance(version, str) and version[:1].isdigit()):
@@ -62,6 +66,9 @@ COMPONENT = Component(
         # Unaudited egress is worse than none: when its spool cannot be written, new
         # flows get a 503 unless this is False.
         "proxy_fail_closed": True,
+        # Connections that are not HTTP (raw TCP, TLS around another protocol, WebSocket
+        # and other upgrades): "block" refuses them, "allow" relays them; each is recorded.
+        "proxy_non_http": "block",
         # Control-machine paths of CA certificates the proxy trusts upstream, beyond the
         # system store.
         "proxy_upstream_ca_certs": [],
@@ -90,6 +97,7 @@ def traffic_config(data, workers: dict[str, str]) -> str:
     return dump_config({
         "spool_dir": spool_dir(data),
         "fail_closed": bool(data["proxy_fail_closed"]),
+        "non_http": data["proxy_non_http"],
         "workers": workers,
         "elasticsearch": {"url": data["traffic_elasticsearch_url"], "index": DEFAULT_INDEX},
     })

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -125,3 +126,151 @@ def proxied(proxy_port: int, method: str, url: str, body: bytes | None = None,
         return response.status, response.read()
     finally:
         conn.close()
+
+
+class EchoServer:
+    """A TCP server on 127.0.0.1 that echoes what it receives, optionally inside TLS, and
+    says what arrived: `arrivals` lists one {"bytes": n, "tls": bool} per connection."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None):
+        self.tls_context = tls_context
+        self.arrivals: list[dict] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> EchoServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        entry = {"bytes": 0, "tls": self.tls_context is not None}
+        self.arrivals.append(entry)
+        conn.settimeout(5)
+        try:
+            if self.tls_context is not None:
+                conn = self.tls_context.wrap_socket(conn, server_side=True)
+            while data := conn.recv(65536):
+                entry["bytes"] += len(data)
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def connect_tunnel(proxy_port: int, host: str, port: int, timeout: float = 10
+                   ) -> socket.socket:
+    """A CONNECT tunnel through the proxy to host:port, as any proxy client opens one for
+    something that is not plain HTTP."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"proxy closed the CONNECT: {head!r}")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(f"proxy refused the CONNECT: {head.splitlines()[0]!r}")
+    return sock
+
+
+def exchange(sock: socket.socket, payload: bytes, timeout: float = 3) -> bytes:
+    """Send `payload` and read the answer until as many bytes came back, the peer closed,
+    or it stayed silent for `timeout`; b"" when the connection was closed unanswered."""
+    got = b""
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(payload)
+        while len(got) < len(payload) and (chunk := sock.recv(65536)):
+            got += chunk
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return got
+
+
+class WebSocketEchoServer(EchoServer):
+    """A WebSocket server on 127.0.0.1 (plain ws://, wsproto) that echoes text messages;
+    `arrivals` lists one {"messages": n, "bytes": n} per connection."""
+
+    def _echo(self, conn: socket.socket) -> None:
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+        entry = {"messages": 0, "bytes": 0}
+        self.arrivals.append(entry)
+        ws = WSConnection(ConnectionType.SERVER)
+        conn.settimeout(5)
+        try:
+            while data := conn.recv(65536):
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        conn.sendall(ws.send(AcceptConnection()))
+                    elif isinstance(event, TextMessage):
+                        entry["messages"] += 1
+                        entry["bytes"] += len(event.data)
+                        conn.sendall(ws.send(TextMessage(data=event.data)))
+                    elif isinstance(event, CloseConnection):
+                        conn.sendall(ws.send(event.response()))
+                        return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def websocket_echo(sock: socket.socket, host: str, messages: list[str]) -> list[str] | int:
+    """A WebSocket client over `sock` (a tunnel): the echoed messages, or the HTTP status
+    the upgrade was refused with."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import (
+        AcceptConnection,
+        CloseConnection,
+        RejectConnection,
+        Request,
+        TextMessage,
+    )
+
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host=host, target="/echo")))
+    echoed: list[str] = []
+    pending = list(messages)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return echoed
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, RejectConnection):
+                    return event.status_code
+                if isinstance(event, AcceptConnection) or isinstance(event, TextMessage):
+                    if isinstance(event, TextMessage):
+                        echoed.append(event.data)
+                    if pending:
+                        sock.sendall(ws.send(TextMessage(data=pending.pop(0))))
+                    else:
+                        sock.sendall(ws.send(CloseConnection(code=1000)))
+                elif isinstance(event, CloseConnection):
+                    return echoed
+    finally:
+        sock.close()

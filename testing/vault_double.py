@@ -101,8 +101,10 @@ def _envelope(data: dict) -> dict:
             "auth": None}
 
 
-def make_tls_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) paths."""
+def make_tls_files(directory: Path, name: str, dns_names: tuple[str, ...] = ()
+                   ) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (and `dns_names`) signed by it:
+    (ca, cert, key) paths."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
 
@@ -127,7 +129,9 @@ def make_tls_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), ca_name,
                  key.public_key(), ca_key, False,
-                 [x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])])
+                 [x509.SubjectAlternativeName(
+                     [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                      *(x509.DNSName(n) for n in dns_names)])])
     paths = (directory / f"{name}-ca.pem", directory / f"{name}-cert.pem",
              directory / f"{name}-key.pem")
     paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))

@@ -1,5 +1,6 @@
-"""Traffic logger: every worker HTTP(S) request through the orchestrator's mitmproxy is
-recorded, credentials redacted, spooled durably on local disk, then shipped to Elasticsearch.
+"""Traffic logger: every worker connection through the orchestrator's mitmproxy is recorded
+(HTTP(S) requests, and whatever else it carries), credentials redacted, spooled durably on
+local disk, then shipped to Elasticsearch.
 
 Two processes, so Elasticsearch slowness never touches the proxy::
 
@@ -26,6 +27,9 @@ Config file (YAML); only ``spool_dir`` is required::
       10.20.0.12: w2
     fail_closed: true            # spool unwritable / queue full -> new flows get 503
                                  # false: log the error and let traffic through
+    non_http: block              # raw TCP, TLS around another protocol, WebSocket and
+                                 # other upgrades: block (refused) or allow (relayed);
+                                 # recorded either way
     queue_size: 10000            # max flows in flight + records waiting for the spool
     writer_batch_max: 1000       # records per spool write (one fsync per batch)
     writer_retry_seconds: 1.0    # retry/probe interval of a failed spool
@@ -56,7 +60,15 @@ Record fields: ``@timestamp`` (request start, UTC), ``record_id`` (uuid; also th
 ``_id``), ``worker_id``, ``client_ip``, ``server_ip``, ``proxy_host``, ``method``, ``scheme``,
 ``host``, ``port``, ``url``, ``http_version``, ``status``, ``request_headers``,
 ``response_headers`` (lowercase name -> value; map as ``flattened`` in the index template),
-``request_bytes``, ``response_bytes``, ``duration_ms``, ``error``.
+``request_bytes``, ``response_bytes``, ``duration_ms``, ``error``, ``kind`` (``http``),
+``verdict`` (``allowed``; ``blocked`` when refused by policy, with ``reason``).
+
+Other records (``kind``): ``tcp`` for a connection that is not HTTP, ``tls`` for a TLS
+handshake the client aborted (pinned certificate, unknown CA), ``websocket`` for a WebSocket
+connection after its HTTP upgrade: ``worker_id``, ``client_ip``, ``server_ip``, ``host``,
+``port``, ``sni``, ``tls``, ``bytes_from_client``, ``bytes_from_server`` (and for WebSocket
+``messages_from_client``, ``messages_from_server``; never bodies), ``duration_ms``,
+``verdict``, ``reason``, ``error``.
 
 Queue policy and failure behaviour: see ``autocode.traffic.writer`` and
 ``autocode.traffic.shipper``.

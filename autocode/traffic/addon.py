@@ -3,16 +3,25 @@
 
 The hooks only build a redacted record and hand it to the background writer; they never
 touch the disk or the network, so a slow disk or Elasticsearch cannot slow the proxy.
+
+Every connection gets a record, whatever it carries. HTTP(S) requests as such; anything
+else by kind (``tcp``: raw TCP or TLS around another protocol, ``websocket``, ``tls``: a
+handshake the client aborted). The ``non_http`` policy decides whether the others are
+relayed (``allow``) or refused (``block``, the default): a refused connection is closed
+before a byte of it is relayed, and an HTTP upgrade (WebSocket or other) is answered 403
+before it reaches the server. A connection the audit log cannot take is not relayed
+either, when ``fail_closed``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy import commands, events, layer, layers
 
 from autocode.traffic.config import TrafficConfig, TrafficConfigError, load_config
-from autocode.traffic.record import build_record
+from autocode.traffic.record import build_record, connection_record
 from autocode.traffic.redact import Redactor
 from autocode.traffic.writer import BackgroundWriter
 
@@ -23,6 +32,25 @@ CONFIG_OPTION = "autocode_traffic_config"
 RESERVED = "autocode_reserved"
 BLOCKED = "autocode_blocked"
 LOGGED = "autocode_logged"
+REFUSED = "autocode_refused"  # refused by policy (with the reason): recorded as blocked
+WEBSOCKET_LOGGED = "autocode_websocket_logged"
+NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
+
+
+class RefusedConnection(layer.Layer):
+    """In place of the layer that would relay a refused connection: closes both ends at
+    once, relaying nothing."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
+def refused_response(reason: str) -> http.Response:
+    body = f"autocode egress proxy: refused: {reason}. Ask the operator if this is needed.\n"
+    return http.Response.make(403, body.encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
 
 def blocked_response(reason: str) -> http.Response:
@@ -102,12 +130,121 @@ class AutocodeLogger:
             flow.metadata[RESERVED] = True
         elif fail_closed:
             self._block(flow, "audit queue full")
+            return
+        # An upgrade turns the connection into something that is not HTTP.
+        if self.config.non_http == "block" and "upgrade" in flow.request.headers:
+            flow.metadata[REFUSED] = (f"HTTP upgrade to {flow.request.headers['upgrade']!r} "
+                                      f"refused: {NON_HTTP_BLOCKED}")
+            flow.request.stream = False
+            flow.response = refused_response(flow.metadata[REFUSED])
 
     async def response(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
+
+    # -- connections that are not HTTP ------------------------------------------------------
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Refuse a connection about to be relayed as raw TCP, before it is: this runs
+        before mitmproxy's own choice of layer, so ask for that choice first."""
+        if nextlayer.layer is None:
+            chooser = ctx.master.addons.get("nextlayer")
+            if chooser is None:
+                return
+            chooser.next_layer(nextlayer)
+        if not isinstance(nextlayer.layer, layers.TCPLayer):
+            return
+        reason = self._refusal()
+        if reason is None:
+            return  # relayed; recorded when it ends (tcp_end / tcp_error)
+        context = nextlayer.context
+        nextlayer.layer = RefusedConnection(context)
+        self._submit(connection_record(
+            "tcp", context.client, context.server, self.config.workers if self.config else {},
+            "blocked", reason, bytes_from_client=len(nextlayer.data_client())), False)
+
+    def _refusal(self) -> str | None:
+        """Why a non-HTTP connection must not be relayed now, or None."""
+        writer = self.writer
+        if writer is None or self.config is None:
+            return "traffic logger not configured"
+        if not writer.healthy and self.config.fail_closed:
+            return f"spool unwritable: {writer.last_error}"
+        if self.config.non_http == "block":
+            return NON_HTTP_BLOCKED
+        return None
+
+    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        writer = self.writer
+        if writer is not None and writer.try_reserve():
+            flow.metadata[RESERVED] = True
+        elif self.config is None or self.config.fail_closed:
+            # Not yet connected (connection_strategy lazy): it never will be.
+            flow.metadata[REFUSED] = "audit queue full"
+            flow.server_conn.error = "audit queue full"
+
+    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._record_connection(flow)
+
+    async def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self._record_connection(flow)
+
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._record_connection(flow)
+
+    async def tls_failed_client(self, data: tls.TlsData) -> None:
+        """A client gave up on the TLS handshake with the proxy (it pins a certificate or
+        does not trust the proxy's CA): nothing was relayed, but the attempt is recorded."""
+        if self.config is None:
+            return
+        self._submit(connection_record(
+            "tls", data.context.client, data.context.server, self.config.workers,
+            "client_tls_failed", str(data.conn.error or "TLS handshake failed")), False)
+
+    def _record_connection(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
+        metadata = flow.metadata
+        is_tcp = isinstance(flow, tcp.TCPFlow)
+        # A WebSocket's HTTP upgrade has its own record; this one is for the connection.
+        done = LOGGED if is_tcp else WEBSOCKET_LOGGED
+        if metadata.get(done) or self.config is None:
+            return
+        metadata[done] = True
+        reserved = metadata.pop(RESERVED, False) if is_tcp else False
+        if is_tcp:
+            kind, messages, extra = "tcp", flow.messages, {}
+        else:
+            messages = flow.websocket.messages if flow.websocket else []
+            kind = "websocket"
+            extra = {"messages_from_client": sum(1 for m in messages if m.from_client),
+                     "messages_from_server": sum(1 for m in messages if not m.from_client),
+                     "url": self.redactor.url(flow.request.pretty_url) if self.redactor
+                     else None}
+        refused = metadata.get(REFUSED)
+        try:
+            record = connection_record(
+                kind, flow.client_conn, flow.server_conn, self.config.workers,
+                "blocked" if refused else "allowed", refused,
+                bytes_from_client=sum(len(m.content) for m in messages if m.from_client),
+                bytes_from_server=sum(len(m.content) for m in messages if not m.from_client),
+                started=flow.client_conn.timestamp_start if is_tcp else
+                flow.request.timestamp_start,
+                error=flow.error.msg if flow.error is not None else None, **extra)
+        except Exception:
+            log.exception("autocode traffic logger could not build a connection record")
+            if reserved and self.writer is not None:
+                self.writer.release()
+            return
+        self._submit(record, reserved)
+
+    def _submit(self, record: dict, reserved: bool) -> None:
+        writer = self.writer
+        if writer is None:
+            log.error("autocode traffic logger not configured: %s record lost",
+                      record.get("kind"))
+            return
+        writer.submit(record, reserved)
 
     def _block(self, flow: http.HTTPFlow, reason: str) -> None:
         flow.metadata[BLOCKED] = True
@@ -127,8 +264,10 @@ class AutocodeLogger:
         writer = self.writer
         if writer is None or self.config is None or self.redactor is None:
             return
+        refused = metadata.get(REFUSED)
         try:
-            record = build_record(flow, self.config.workers, self.redactor)
+            record = build_record(flow, self.config.workers, self.redactor,
+                                  "blocked" if refused else "allowed", refused)
         except Exception:
             # A bug here must not kill the flow; the slot must not leak either.
             log.exception("autocode traffic logger could not build a record")

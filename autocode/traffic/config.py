@@ -48,6 +48,10 @@ class TrafficConfig:
     redact_patterns: tuple[str, ...] = ()
     redact_value_patterns: tuple[str, ...] = ()
     fail_closed: bool = True
+    # What the proxy does with a connection that is not HTTP (raw TCP, TLS around another
+    # protocol, WebSocket and other upgrades): "block" refuses it, "allow" relays it.
+    # Either way it gets a record.
+    non_http: str = "block"
     queue_size: int = 10_000
     writer_batch_max: int = 1000
     writer_retry_seconds: float = 1.0
@@ -106,6 +110,19 @@ def _bool(p: _Problems, data: dict, key: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
         p.add(key, f"must be true or false, got {value!r}", "write true or false unquoted")
+        return default
+    return value
+
+
+NON_HTTP_POLICIES = ("block", "allow")
+
+
+def _choice(p: _Problems, data: dict, key: str, choices: tuple[str, ...], default: str
+            ) -> str:
+    value = data.get(key, default)
+    if value not in choices:
+        p.add(key, f"must be one of {', '.join(choices)}, got {value!r}",
+              f"write e.g. {key}: {default}")
         return default
     return value
 
@@ -218,6 +235,7 @@ def parse_config(data: Any) -> TrafficConfig:
         redact_patterns=_string_list(p, data, "redact_patterns", check_regex=True),
         redact_value_patterns=_string_list(p, data, "redact_value_patterns", check_regex=True),
         fail_closed=_bool(p, data, "fail_closed", True),
+        non_http=_choice(p, data, "non_http", NON_HTTP_POLICIES, "block"),
         queue_size=_positive_int(p, data, "queue_size", defaults.queue_size),
         writer_batch_max=_positive_int(p, data, "writer_batch_max", defaults.writer_batch_max),
         writer_retry_seconds=_number(p, data, "writer_retry_seconds",

@@ -1,4 +1,6 @@
-"""Build one redacted traffic record from a finished mitmproxy HTTP flow.
+"""Build one redacted traffic record from a finished mitmproxy HTTP flow, or from a
+connection that is not HTTP (raw TCP, TLS around something else, WebSocket, a TLS
+handshake the client aborted).
 
 The record is plain JSON-able data. ``record_id`` (a uuid assigned here, in the hook) is
 also the Elasticsearch ``_id``, so a retried bulk request can never store it twice.
@@ -9,11 +11,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.connection import Connection
 from mitmproxy.net.http import url as mitm_url
 
 from autocode.traffic.redact import Redactor
@@ -67,7 +71,8 @@ def _body_size(message: http.Message) -> int | None:
     return int(declared) if declared.isdigit() else None
 
 
-def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redactor) -> dict:
+def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redactor,
+                 verdict: str = "allowed", reason: str | None = None) -> dict:
     request = flow.request
     response = flow.response
     client_ip = normalise_ip(flow.client_conn.peername[0]) if flow.client_conn.peername else ""
@@ -87,6 +92,9 @@ def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redacto
     record: dict[str, Any] = {
         "@timestamp": iso_timestamp(request.timestamp_start),
         "record_id": uuid.uuid4().hex,
+        "kind": "http",
+        "verdict": verdict,
+        "reason": reason,
         "worker_id": workers.get(client_ip, UNKNOWN_WORKER),
         "client_ip": client_ip,
         "server_ip": server_ip,
@@ -107,4 +115,49 @@ def build_record(flow: http.HTTPFlow, workers: dict[str, str], redactor: Redacto
         "duration_ms": duration_ms,
         "error": flow.error.msg if flow.error is not None else None,
     }
+    return record
+
+
+def _address(conn: Connection | None, attribute: str) -> tuple[str | None, int | None]:
+    value = getattr(conn, attribute, None) if conn is not None else None
+    if not value:
+        return None, None
+    return normalise_ip(str(value[0])), int(value[1])
+
+
+def connection_record(kind: str, client: Connection, server: Connection | None,
+                      workers: dict[str, str], verdict: str, reason: str | None = None,
+                      bytes_from_client: int = 0, bytes_from_server: int = 0,
+                      started: float | None = None, ended: float | None = None,
+                      error: str | None = None, **extra: Any) -> dict:
+    """A record for a connection that is not an HTTP exchange: who (worker, client), where
+    to (the original destination, and SNI when there was TLS), how much each way, for how
+    long, and what the proxy did with it. Never any content."""
+    client_ip, _ = _address(client, "peername")
+    # The destination the worker asked for: transparent mode's original address.
+    dst_ip, dst_port = _address(server, "address")
+    server_ip, _ = _address(server, "peername")
+    sni = getattr(client, "sni", None)
+    started = started or getattr(client, "timestamp_start", None) or time.time()
+    ended = ended or time.time()
+    record: dict[str, Any] = {
+        "@timestamp": iso_timestamp(started),
+        "record_id": uuid.uuid4().hex,
+        "kind": kind,
+        "verdict": verdict,
+        "reason": reason,
+        "worker_id": workers.get(client_ip or "", UNKNOWN_WORKER),
+        "client_ip": client_ip,
+        "server_ip": server_ip or dst_ip,
+        "proxy_host": PROXY_HOST,
+        "host": sni or dst_ip,
+        "port": dst_port,
+        "sni": sni,
+        "tls": bool(getattr(client, "tls", False) or sni),
+        "bytes_from_client": bytes_from_client,
+        "bytes_from_server": bytes_from_server,
+        "duration_ms": round((ended - started) * 1000, 3),
+        "error": error,
+    }
+    record.update(extra)
     return record

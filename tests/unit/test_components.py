@@ -53,13 +53,14 @@ def test_one_runtime_install_per_host_with_the_union_of_needs():
 def test_every_components_check_runs_in_one_pass():
     data = {**group_defaults("orchestrator"), "worker_network": "not-a-net",
             "dns_upstreams": ["resolver.example"], "proxy_fail_closed": "yes",
-            "data_root": "relative/path", "daily_budget_usd": 0, "timezone": "Mars/Base"}
+            "data_root": "relative/path", "daily_budget_usd": 0, "timezone": "Mars/Base",
+            "proxy_non_http": "sometimes"}
     problems = components.check_host("orchestrator", "orchestrator", data)
     text = "\n".join(problems)
     for field in ("worker_network", "dns_upstreams", "proxy_fail_closed", "data_root",
-                  "daily_budget_usd", "timezone"):
+                  "daily_budget_usd", "timezone", "proxy_non_http"):
         assert f"orchestrator 'orchestrator': {field}: " in text, field
-    assert len(problems) == 6, text
+    assert len(problems) == 7, text
 
 
 def test_an_unknown_setting_is_named_with_a_likely_fix():
