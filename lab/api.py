@@ -71,6 +71,10 @@ class Lab:
         return self.cfg.machine(name)
 
     @property
+    def internet_spare_addr(self) -> str:
+        return self.cfg.internet_spare_addr
+
+    @property
     def control_addr(self) -> str:
         """The control machine's own address on the uplink segment."""
         return self.cfg.bridge_addr

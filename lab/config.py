@@ -86,6 +86,13 @@ class LabConfig:
             uplink_addr6=self._host(self.uplink6, 0x100),
         )
 
+    @property
+    def internet_spare_addr(self) -> str:
+        """A second address of the internet host, where nothing listens unless a test
+        starts its own listener there (ports 80 and 443 at its main address are the
+        fixture's)."""
+        return self._host(self.uplink, 101)
+
     def worker(self, n: int) -> Machine:
         return Machine(
             name=f"worker{n}", short=f"w{n}", role="worker",

@@ -26,7 +26,7 @@ After=network.target
 
 [Service]
 ExecStart=/usr/bin/python3 /opt/lab-internet/internet_server.py \\
-    --bind 0.0.0.0 --bind :: --http-port 80 --https-port 443 \\
+    --bind {answer} --bind {answer6} --http-port 80 --https-port 443 \\
     --cert /opt/lab-internet/server.crt --key /opt/lab-internet/server.key \\
     --tcp-port 8081 --udp-port 9999 --dns-port 53 --dns-answer {answer}
 Restart=always
@@ -46,7 +46,8 @@ def install_internet_fixture(cfg: LabConfig, m: Machine, tls) -> None:
     (dest / "server.key").write_bytes(tls.server_key.read_bytes())
     (dest / "server.key").chmod(0o600)
     unit = root / "etc/systemd/system/lab-internet.service"
-    unit.write_text(FIXTURE_UNIT.format(answer=m.uplink_addr))
+    # Its own addresses only: the spare one is for the tests' listeners.
+    unit.write_text(FIXTURE_UNIT.format(answer=m.uplink_addr, answer6=m.uplink_addr6))
     wants = root / "etc/systemd/system/multi-user.target.wants/lab-internet.service"
     wants.parent.mkdir(parents=True, exist_ok=True)
     if not wants.is_symlink():

@@ -169,6 +169,9 @@ def ensure_machine_net(cfg: LabConfig, m: Machine, mtu: int) -> None:
         _ns(ns, "link", "set", name, "mtu", str(mtu), "up")
         _ns(ns, "addr", "replace", f"{addr}/{plen}", "dev", name)
         _ns(ns, "-6", "addr", "replace", f"{addr6}/64", "dev", name, "nodad")
+    if m.role == "internet":
+        _ns(ns, "addr", "replace", f"{cfg.internet_spare_addr}/{cfg.uplink_prefixlen}",
+            "dev", "eth0")
 
     if m.role == "worker":
         # The orchestrator is the workers' only router, as on the production network.
