@@ -1,11 +1,12 @@
 """Throughput and latency through mitmdump with and without the traffic logger addon.
 
-Variants, one run, same load: bare mitmdump; mitmdump + addon with the shipper sending to
-the Elasticsearch double; mitmdump + addon with the shipper pointed at a closed loopback
-port (Elasticsearch unreachable). On a small shared machine one pass per variant is mostly
-noise, so the variants alternate over several rounds, each round in a rotated order, and
-the table gives medians with their spread, ratios of medians, and the records spooled
-versus requests answered over all rounds.
+Variants, one run, same load: bare mitmdump; `autocode-proxy` (mitmdump with the addon
+built in, as deployed) with the shipper sending to the Elasticsearch double, and with the
+shipper pointed at a closed loopback port (Elasticsearch unreachable); and, for
+comparison, bare mitmdump loading the addon as a script (`-s`). On a small shared machine
+one pass per variant is mostly noise, so the variants alternate over several rounds, each
+round in a rotated order, and the table gives medians with their spread, ratios of
+medians, and the records spooled versus requests answered over all rounds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from testing.mitmdump import free_port, mitmdump, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = "bare mitmdump"
+SHIPPER_NICE = 10  # the shipper unit's Nice=
 
 
 @dataclass
@@ -40,12 +42,22 @@ class VariantResult:
     load: LoadResult
     spooled: int | None = None
     shipped: int | None = None
+    proxy_cpu_s: float = 0.0  # CPU the proxy used under load (warm-up included)
+    shipper_cpu_s: float | None = None  # CPU the shipper and the ES double used meanwhile
+    es_double_cpu_s: float | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def background(cmd: list[str], log_path: Path, port: int | None = None):
+def background(cmd: list[str], log_path: Path, port: int | None = None, nice: int = 0):
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
     try:
         if port is not None:
             wait_for_port(port, proc, log_path)
@@ -65,9 +77,12 @@ def count_records(spool_dir: Path) -> int:
 
 
 def run_variant(name: str, workdir: Path, args, upstream: str, es_url: str | None = None,
-                expect_shipping: bool = False) -> VariantResult:
+                expect_shipping: bool = False, as_script: bool = False,
+                es_double_pid: int | None = None) -> VariantResult:
     workdir.mkdir(parents=True)
     config_path = None
+    shipper_proc = None
+    es_before = cpu_seconds(es_double_pid) if es_double_pid and expect_shipping else None
     with ExitStack() as stack:
         if es_url is not None:
             config_path = workdir / "traffic.yaml"
@@ -77,12 +92,30 @@ def run_variant(name: str, workdir: Path, args, upstream: str, es_url: str | Non
                 "elasticsearch": {"url": es_url, "retry_max": 2.0},
             }))
             shipper = [sys.executable, "-m", "autocode.traffic.cli", "--config", str(config_path)]
-            stack.enter_context(background(shipper, workdir / "shipper.log"))
-        with mitmdump(workdir, config_path) as (proxy_port, _):
+            # As its unit runs it (templates/mitmproxy): the spool absorbs what it defers.
+            shipper_log = workdir / "shipper.log"
+            shipper_proc = stack.enter_context(background(shipper, shipper_log,
+                                                          nice=SHIPPER_NICE))
+            # Its start-up (imports) is not part of any measured window.
+            deadline = time.monotonic() + 30
+            while "traffic shipper:" not in shipper_log.read_text(errors="replace"):
+                if time.monotonic() > deadline or shipper_proc.poll() is not None:
+                    raise SystemExit(f"the shipper did not start:\n{shipper_log.read_text()}")
+                time.sleep(0.05)
+            shipper_started_cpu = cpu_seconds(shipper_proc.pid)
+        with mitmdump(workdir, config_path, as_script=as_script) as (proxy_port, _):
+            proxy_pid = int(subprocess.run(["pgrep", "-f", f"listen-port {proxy_port}"],
+                                           capture_output=True, text=True).stdout.split()[0])
+            proxy_cpu = cpu_seconds(proxy_pid)
             load = asyncio.run(run_load(proxy_port, upstream, args.concurrency, args.warmup,
                                         args.duration, args.max_requests))
+            proxy_cpu = cpu_seconds(proxy_pid) - proxy_cpu
         # mitmdump has stopped (SIGINT), so its writer has flushed everything.
-        result = VariantResult(name, load)
+        result = VariantResult(name, load, proxy_cpu_s=proxy_cpu)
+        if shipper_proc is not None:
+            result.shipper_cpu_s = cpu_seconds(shipper_proc.pid) - shipper_started_cpu
+        if es_before is not None:
+            result.es_double_cpu_s = cpu_seconds(es_double_pid) - es_before
         if config_path is None:
             return result
         spool = workdir / "spool"
@@ -103,7 +136,7 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
     bare = rounds[BARE]
     bare_rps = med(bare, lambda x: x.throughput)
     bare_p99 = med(bare, lambda x: x.percentile(99))
-    header = (f"{'variant':<34}{'req/s':>8}{'(min-max)':>12}{'p50 ms':>8}{'p99 ms':>8}"
+    header = (f"{'variant':<38}{'req/s':>8}{'(min-max)':>12}{'p50 ms':>8}{'p99 ms':>8}"
               f"{'vs bare':>9}{'p99 +ms':>9}{'answered':>10}{'spooled':>9}{'shipped':>9}"
               f"{'lost':>6}")
     print()
@@ -119,7 +152,7 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
         spooled = sum(r.spooled for r in results) if logged else None
         shipped = sum(r.shipped for r in results) if logged else None
         lost = answered - spooled if logged else None
-        print(f"{name:<34}{rps:>8.0f}{f'({min(spread):.0f}-{max(spread):.0f})':>12}"
+        print(f"{name:<38}{rps:>8.0f}{f'({min(spread):.0f}-{max(spread):.0f})':>12}"
               f"{med(results, lambda x: x.percentile(50)):>8.2f}{p99:>8.2f}"
               f"{rps / bare_rps:>9.3f}{p99 - bare_p99:>+9.2f}{answered:>10}"
               f"{'' if spooled is None else spooled:>9}{'' if shipped is None else shipped:>9}"
@@ -129,6 +162,23 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
                          "answered": answered, "spooled": spooled, "shipped": shipped,
                          "lost": lost}
     print()
+    bare_answered = sum(r.load.ok + r.load.other_status for r in bare) / 1000
+    bare_cpu = sum(r.proxy_cpu_s for r in bare) / bare_answered
+    print("CPU seconds per 1000 requests answered (steadier than req/s on a shared machine):")
+    for name, results in rounds.items():
+        answered = sum(r.load.ok + r.load.other_status for r in results) / 1000
+        proxy = sum(r.proxy_cpu_s for r in results) / answered
+        line = f"  {name}: proxy {proxy:.3f} ({proxy / bare_cpu:.3f} of bare)"
+        summary[name]["proxy_cpu_s_per_1000"] = round(proxy, 4)
+        if results[0].shipper_cpu_s is None:
+            print(line)
+            continue
+        shipper = sum(r.shipper_cpu_s for r in results) / answered
+        line += f", shipper {shipper:.3f}"
+        if results[0].es_double_cpu_s is not None:
+            double = sum(r.es_double_cpu_s for r in results) / answered
+            line += f", Elasticsearch double {double:.3f} (a stand-in, on the same 2 CPUs)"
+        print(line)
     print("Medians over the rounds. vs bare: median req/s / bare's median (target >= 0.95);")
     print("p99 +ms: median p99 minus bare's (target < 2 ms); lost: answered requests minus")
     print("records in the spool, all rounds (must be 0). Informational; nothing asserts timings.")
@@ -155,20 +205,25 @@ def main(argv: list[str] | None = None) -> int:
                                         str(upstream_port)], tmp_path / "upstream.log",
                                        upstream_port))
         es_double = [sys.executable, "-m", "testing.elasticsearch_double_process", str(es_port)]
-        stack.enter_context(background(es_double, tmp_path / "es.log", es_port))
+        es_proc = stack.enter_context(background(es_double, tmp_path / "es.log", es_port))
         upstream = f"http://127.0.0.1:{upstream_port}/"
+        es, closed = f"http://127.0.0.1:{es_port}", f"http://127.0.0.1:{closed_port}"
+        # (name, Elasticsearch URL or None for bare, shipping expected, addon as a script)
         plan = [
-            (BARE, None, False),
-            ("addon, shipper -> ES double", f"http://127.0.0.1:{es_port}", True),
-            ("addon, ES unreachable (closed port)", f"http://127.0.0.1:{closed_port}", False),
+            (BARE, None, False, False),
+            ("autocode-proxy, shipper -> ES double", es, True, False),
+            ("autocode-proxy, ES unreachable", closed, False, False),
+            ("mitmdump -s addon, ES unreachable", closed, False, True),
         ]
-        rounds: dict[str, list[VariantResult]] = {name: [] for name, _, _ in plan}
+        rounds: dict[str, list[VariantResult]] = {entry[0]: [] for entry in plan}
         for n in range(args.rounds):
             # Rotate the order so no variant always runs first, or last.
-            for name, es_url, ships in plan[n % len(plan):] + plan[:n % len(plan)]:
+            for entry in plan[n % len(plan):] + plan[:n % len(plan)]:
+                name, es_url, ships, as_script = entry
                 print(f"  round {n + 1}/{args.rounds}: {name} ...", flush=True)
-                workdir = tmp_path / f"r{n}-{len(rounds[name])}-{plan.index((name, es_url, ships))}"
-                rounds[name].append(run_variant(name, workdir, args, upstream, es_url, ships))
+                workdir = tmp_path / f"r{n}-{plan.index(entry)}"
+                rounds[name].append(run_variant(name, workdir, args, upstream, es_url, ships,
+                                                as_script, es_proc.pid))
         summary = print_table(rounds)
         print("\njson: " + json.dumps(summary))
     return 0

@@ -124,8 +124,10 @@ def orchestrator() -> None:
     upstream_op = synced_folder(name="Upstream CAs", path=UPSTREAM_DIR, files=upstream,
                                 user=PROXY_USER, group=PROXY_USER, mode="644",
                                 folder_mode="750")
-    addon_op = file_content(name="Addon shim", path=ADDON, text=addon, user="root",
-                            group=PROXY_USER, mode="640", batch=batch)
+    # The unit runs autocode-proxy (the addon built in); the shim is for running the
+    # addon under plain mitmdump by hand (`mitmdump -s`), e.g. to debug.
+    file_content(name="Addon shim", path=ADDON, text=addon, user="root", group=PROXY_USER,
+                 mode="640", batch=batch)
     config_op = file_content(name="Traffic logger configuration", path=TRAFFIC_CONFIG,
                              text=config, user="root", group=PROXY_USER, mode="640",
                              batch=batch)
@@ -140,9 +142,9 @@ def orchestrator() -> None:
     systemd_unit(
         name="autocode-mitmproxy.service", unit="autocode-mitmproxy.service",
         text=render("mitmproxy/autocode-mitmproxy.service.j2", confdir=CONFDIR,
-                    port=data.mitmproxy_port, addon=ADDON, **common),
-        inputs={**inputs, "addon": digest(addon), "upstream CAs": upstream_digest},
-        restart_when=(config_op, addon_op, upstream_op), check_command=check_config)
+                    port=data.mitmproxy_port, **common),
+        inputs={**inputs, "upstream CAs": upstream_digest},
+        restart_when=(config_op, upstream_op), check_command=check_config)
     systemd_unit(
         name="autocode-traffic-shipper.service", unit="autocode-traffic-shipper.service",
         text=render("mitmproxy/autocode-traffic-shipper.service.j2", **common),

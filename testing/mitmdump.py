@@ -21,6 +21,7 @@ from pathlib import Path
 from autocode.traffic.cli import addon_path
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
+AUTOCODE_PROXY = Path(sys.executable).with_name("autocode-proxy")
 
 
 def free_port() -> int:
@@ -83,19 +84,23 @@ def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, limit: floa
 
 
 @contextlib.contextmanager
-def mitmdump(workdir: Path, config_path: Path | None, extra: tuple[str, ...] = ()
-             ) -> Iterator[tuple[int, Path]]:
-    """Run mitmdump in regular proxy mode on 127.0.0.1, with the addon when a config is given.
+def mitmdump(workdir: Path, config_path: Path | None, extra: tuple[str, ...] = (),
+             as_script: bool = False) -> Iterator[tuple[int, Path]]:
+    """Run the proxy in regular mode on 127.0.0.1: with a config, `autocode-proxy` (the
+    addon built in, as deployed), or mitmdump with the addon as a script (`as_script`);
+    without one, bare mitmdump.
 
     Yields (port, log path). Stops it with SIGINT so the addon flushes its writer.
     """
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"mitmdump-{port}.log"
-    cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", str(port),
+    program = MITMDUMP if config_path is None or as_script else AUTOCODE_PROXY
+    cmd = [str(program), "--listen-host", "127.0.0.1", "--listen-port", str(port),
            "--set", f"confdir={workdir / 'mitmproxy-conf'}", "--set", "flow_detail=0", *extra]
     if config_path is not None:
-        cmd += ["-s", str(addon_path()), "--set", f"autocode_traffic_config={config_path}"]
+        cmd += ["-s", str(addon_path())] if as_script else []
+        cmd += ["--set", f"autocode_traffic_config={config_path}"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -55,6 +55,7 @@ Config file (YAML); only ``spool_dir`` is required::
       poll_interval: 0.5         # seconds between spool polls when idle
       retry_initial: 0.5         # backoff while Elasticsearch is down / 429 / 5xx
       retry_max: 30
+      compress: false            # gzip bulk bodies; default: only for a remote cluster
 
 Record fields: ``@timestamp`` (request start, UTC), ``record_id`` (uuid; also the ES
 ``_id``), ``worker_id``, ``client_ip``, ``server_ip``, ``proxy_host``, ``method``, ``scheme``,

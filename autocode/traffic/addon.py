@@ -115,9 +115,9 @@ class AutocodeLogger:
             self.writer.stop()
             self.writer = None
 
-    # -- flow hooks (async, never block) ----------------------------------------------------
+    # -- flow hooks: plain functions that never block (a coroutine per hook costs more) --
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         writer = self.writer
         if writer is None:
             self._block(flow, "traffic logger not configured")
@@ -138,10 +138,10 @@ class AutocodeLogger:
             flow.request.stream = False
             flow.response = refused_response(flow.metadata[REFUSED])
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
 
     # -- connections that are not HTTP ------------------------------------------------------
@@ -176,7 +176,7 @@ class AutocodeLogger:
             return NON_HTTP_BLOCKED
         return None
 
-    async def tcp_start(self, flow: tcp.TCPFlow) -> None:
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
         writer = self.writer
         if writer is not None and writer.try_reserve():
             flow.metadata[RESERVED] = True
@@ -185,16 +185,16 @@ class AutocodeLogger:
             flow.metadata[REFUSED] = "audit queue full"
             flow.server_conn.error = "audit queue full"
 
-    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
         self._record_connection(flow)
 
-    async def tcp_error(self, flow: tcp.TCPFlow) -> None:
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self._record_connection(flow)
 
-    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._record_connection(flow)
 
-    async def tls_failed_client(self, data: tls.TlsData) -> None:
+    def tls_failed_client(self, data: tls.TlsData) -> None:
         """A client gave up on the TLS handshake with the proxy (it pins a certificate or
         does not trust the proxy's CA): nothing was relayed, but the attempt is recorded."""
         if self.config is None:

@@ -38,6 +38,9 @@ class ElasticsearchConfig:
     poll_interval: float = 0.5
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    # gzip the bulk bodies; None: only when Elasticsearch is not on this host (compressing
+    # for loopback costs the orchestrator CPU and saves nothing).
+    compress: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ def _elasticsearch(p: _Problems, data: dict) -> ElasticsearchConfig:
         poll_interval=_number(p, raw, "poll_interval", defaults.poll_interval, pre),
         retry_initial=_number(p, raw, "retry_initial", defaults.retry_initial, pre),
         retry_max=_number(p, raw, "retry_max", defaults.retry_max, pre),
+        compress=None if raw.get("compress") is None else _bool(p, raw, "compress", True),
     )
 
 

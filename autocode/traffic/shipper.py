@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError, UnsupportedProductError
 from loguru import logger
@@ -80,6 +82,18 @@ def read_api_key(path: str | None) -> str | None:
     return key
 
 
+def compresses(config: TrafficConfig) -> bool:
+    """Whether bulk bodies are gzipped: as configured, else only for a remote cluster."""
+    es = config.elasticsearch
+    if es.compress is not None:
+        return es.compress
+    host = urlsplit(es.url).hostname or ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
 def make_client(config: TrafficConfig) -> AsyncElasticsearch:
     es = config.elasticsearch
     return AsyncElasticsearch(
@@ -89,7 +103,7 @@ def make_client(config: TrafficConfig) -> AsyncElasticsearch:
         request_timeout=es.request_timeout,
         max_retries=0,  # retries are ours: they must never give up
         retry_on_timeout=False,
-        http_compress=True,
+        http_compress=compresses(config),
     )
 
 

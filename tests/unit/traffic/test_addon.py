@@ -38,8 +38,12 @@ class Harness:
         self.config_path = write_config(tmp_path, **overrides)
         self.tctx.configure(self.addon, autocode_traffic_config=str(self.config_path))
 
-    def run(self, coroutine):
-        return self.tctx.master.event_loop.run_until_complete(coroutine)
+    def run(self, result):
+        """A hook's result: hooks are plain functions; awaited if one ever returns a
+        coroutine."""
+        if asyncio.iscoroutine(result):
+            return self.tctx.master.event_loop.run_until_complete(result)
+        return result
 
     def cycle(self, flow: http.HTTPFlow) -> http.HTTPFlow:
         """requestheaders, then response (or error) unless the addon answered itself."""
@@ -245,9 +249,9 @@ def test_records_queued_during_an_outage_are_written_after_recovery(harness, tmp
 
 def test_unconfigured_addon_fails_closed(tmp_path):
     addon = AutocodeLogger()
-    with taddons.context(addon) as tctx:
+    with taddons.context(addon):
         flow = flow_from()
-        tctx.master.event_loop.run_until_complete(addon.requestheaders(flow))
+        addon.requestheaders(flow)
     assert flow.response.status_code == 503
     assert "not configured" in flow.response.get_text()
 
@@ -265,6 +269,8 @@ def test_addon_script_loads_through_mitmproxys_script_loader(tmp_path):
     with taddons.context() as tctx:
         loaded = tctx.script(addon_module.__file__).addons[0]
         assert type(loaded).__name__ == "AutocodeLogger"
-        assert asyncio.iscoroutinefunction(loaded.response)
-        assert asyncio.iscoroutinefunction(loaded.requestheaders)
-        assert asyncio.iscoroutinefunction(loaded.error)
+        # Plain functions: mitmproxy calls them in its event loop; a coroutine per hook
+        # would only add the cost of creating and awaiting it.
+        for hook in ("requestheaders", "response", "error", "next_layer", "tcp_end"):
+            assert callable(getattr(loaded, hook))
+            assert not asyncio.iscoroutinefunction(getattr(loaded, hook)), hook

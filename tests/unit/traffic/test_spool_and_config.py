@@ -210,3 +210,31 @@ def test_dump_config_refuses_what_the_parser_refuses():
 
     with pytest.raises(TrafficConfigError, match="'workers.10.0.0.1'"):
         dump_config({"spool_dir": "/s", "workers": {"10.0.0.1": False}})
+
+
+def test_iso_timestamp_matches_datetime_isoformat_to_the_millisecond():
+    """The cached-prefix form the record uses is the same text datetime would give."""
+    import random
+    from datetime import UTC, datetime
+
+    from autocode.traffic.record import iso_timestamp
+
+    rng = random.Random(7)
+    samples = [0.0, 1_700_000_000.0, 1_700_000_000.9999, 1_700_000_059.999_5,
+               *(rng.uniform(0, 4_102_444_800) for _ in range(2000))]
+    for epoch in samples:
+        want = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+        assert iso_timestamp(epoch) == want.replace("+00:00", "Z"), epoch
+
+
+@pytest.mark.parametrize(("url", "setting", "expected"), [
+    ("http://127.0.0.1:9200", None, False), ("http://localhost:9200", None, False),
+    ("http://[::1]:9200", None, False), ("https://es.example:9200", None, True),
+    ("http://10.0.0.5:9200", None, True), ("http://127.0.0.1:9200", True, True),
+    ("https://es.example:9200", False, False)])
+def test_bulk_bodies_are_compressed_only_for_a_remote_cluster_unless_set(url, setting,
+                                                                        expected):
+    from autocode.traffic.shipper import compresses
+
+    es = {"url": url, **({} if setting is None else {"compress": setting})}
+    assert compresses(parse_config({"spool_dir": "/s", "elasticsearch": es})) is expected
