@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .config import PREFIX, LabConfig, Machine
+from .network import reset_for_cold_boot
 from .sh import LabError, run
 
 FIXTURE_SERVER = Path(__file__).resolve().parent / "fixtures" / "internet_server.py"
@@ -161,7 +162,6 @@ def boot(cfg: LabConfig, m: Machine, cold: bool = False) -> None:
     if pid_of(cfg, m):
         return
     if cold:
-        from .network import reset_for_cold_boot
         reset_for_cold_boot(m.netns, m.role)
     cgroups = _cgroup_dirs(m)
     for d in cgroups:

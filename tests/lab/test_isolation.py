@@ -54,7 +54,6 @@ def arrivals(ssh, host) -> list[dict]:
 
 def attempts(ssh, lab, source, target, user) -> tuple[list[str], list[str]]:
     """Every kind of contact from `source` to `target`, each next to its control."""
-    orch = lab.orchestrator.worker_addr
     got_through, tried = [], []
     checks = [(("tcp", target.worker_addr, port), f"TCP {port}") for port in TCP_PORTS]
     checks.append((("udp", target.worker_addr, UDP_PORT), f"UDP {UDP_PORT}"))
@@ -78,7 +77,6 @@ def attempts(ssh, lab, source, target, user) -> tuple[list[str], list[str]]:
     # What reached the listener from the source, in its own words.
     seen = [e for e in arrivals(ssh, target.name) if e["peer"] == source.worker_addr]
     got_through += [f"listener saw {e}" for e in seen]
-    assert orch not in [source.worker_addr, target.worker_addr]
     return got_through, tried
 
 

@@ -16,7 +16,8 @@ from loguru import logger
 
 from autocode.logging import configure_logging, remove_logging
 from autocode.secrets import SecretAccessError, SecretManager
-from testing.vault_double import VaultDouble, make_tls_files, server_tls_context
+from testing.tls import make_tls_files, server_tls_context
+from testing.vault_double import VaultDouble
 
 CARD = {"number": "PLANTED-CARD-4111-7f3a9c", "cvv": "PLANTED-CVV-913", "expiry": "12/29"}
 WALLET = {"address": "UQ-planted-address", "seed": "PLANTED-WALLET-SEED-9c2e4b"}

@@ -24,7 +24,7 @@ from testing.mitmdump import (
     mitmdump,
     websocket_echo,
 )
-from testing.vault_double import make_tls_files, server_tls_context
+from testing.tls import make_tls_files, server_tls_context
 
 pytestmark = pytest.mark.timeout(90)
 PAYLOAD = b"\x00\x01 not http, not tls \xff" * 10
@@ -81,8 +81,7 @@ def test_raw_tcp_is_recorded_and_refused_or_relayed(tmp_path, policy):
         assert record["verdict"] == "allowed"
         assert (record["bytes_from_client"], record["bytes_from_server"]) == (
             len(PAYLOAD), len(PAYLOAD))
-    assert "content" not in json.dumps(record) or PAYLOAD.decode(errors="replace") \
-        not in json.dumps(record)
+    assert "not http" not in json.dumps(record)  # sizes only, never the bytes themselves
 
 
 @pytest.mark.parametrize("policy", ["block", "allow"])
