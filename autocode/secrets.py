@@ -8,10 +8,12 @@ set `mount_point` where the deploy mounts it elsewhere. Paths inside it:
     crypto/<CURRENCY>         one wallet per currency, e.g. crypto/TON
 
 The token comes from the `token` argument, else $VAULT_TOKEN, else a token file
-(default /etc/autocode/vault-token, 0600, owned by the worker user). TLS is verified
-against `ca_bundle` (the orchestrator's CA) or the system store. Proxy variables are
-ignored: secrets travel on a direct connection to Vault, never through a proxy that could
-record them.
+(`token_file`, else $VAULT_TOKEN_FILE, else /etc/autocode/vault-token: 0600, owned by the
+worker user, written by the deploy). TLS is verified against `ca_bundle`, else
+$VAULT_CACERT (the platform CA on workers), else the system store. The deploy writes
+VAULT_ADDR, VAULT_CACERT and VAULT_TOKEN_FILE to /etc/autocode/vault.env on workers.
+Proxy variables are ignored: secrets travel on a direct connection to Vault, never
+through a proxy that could record them.
 
 Every failure becomes a SecretAccessError whose message names the path and the reason
 (sealed, forbidden, not found, unreachable, TLS) and never a secret value or the token;
@@ -58,6 +60,7 @@ class SecretManager:
     ):
         self.vault_addr = vault_addr or os.environ.get("VAULT_ADDR") or "https://orchestrator:8200"
         self.mount_point = mount_point.strip("/")
+        ca_bundle = ca_bundle or os.environ.get("VAULT_CACERT") or None
         verify = str(ca_bundle) if ca_bundle else True
         session = requests.Session()
         session.trust_env = False  # no proxy, no REQUESTS_CA_BUNDLE override: see docstring
@@ -75,6 +78,7 @@ class SecretManager:
             return token
         if env_token := os.environ.get("VAULT_TOKEN"):
             return env_token
+        token_file = token_file or os.environ.get("VAULT_TOKEN_FILE") or None
         path = Path(token_file) if token_file else DEFAULT_TOKEN_FILE
         try:
             file_token = path.read_text().strip()

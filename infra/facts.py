@@ -212,3 +212,40 @@ def fact_once(host, cls: type[FactBase], **kwargs):
     if key not in cache:
         cache[key] = host.get_fact(cls, **kwargs)
     return cache[key]
+
+
+class CertificateState(FactBase):
+    """A certificate's expiry (epoch seconds), its subject alternative names, whether it
+    verifies against a CA and whether a key file holds its key; None when it is missing."""
+
+    def command(self, cert: str, key: str, ca_cert: str) -> str:
+        c, k, ca = q(cert), q(key), q(ca_cert)
+        return (
+            f"[ -s {c} ] || {{ echo missing; exit 0; }}; "
+            f"echo \"end $(date -d \"$(openssl x509 -noout -enddate -in {c} | cut -d= -f2)\" "
+            "+%s)\"; "
+            f"echo \"san $(openssl x509 -noout -ext subjectAltName -in {c} 2>/dev/null "
+            "| tail -n +2 | tr -d ' ')\"; "
+            f"if openssl verify -CAfile {ca} {c} >/dev/null 2>&1; then echo verify ok; "
+            "else echo verify fail; fi; "
+            f"a=$(openssl x509 -noout -pubkey -in {c} | sha256sum); "
+            f"b=$(openssl pkey -pubout -in {k} 2>/dev/null | sha256sum); "
+            "if [ \"$a\" = \"$b\" ]; then echo key ok; else echo key fail; fi"
+        )
+
+    def process(self, output):
+        lines = [line.strip() for line in output]
+        if not lines or lines[0] == "missing":
+            return None
+        state = {"end": 0, "sans": [], "verifies": False, "key_matches": False}
+        for line in lines:
+            word, _, rest = line.partition(" ")
+            if word == "end":
+                state["end"] = int(rest) if rest.isdigit() else 0
+            elif word == "san":
+                state["sans"] = sorted(s for s in rest.split(",") if s)
+            elif word == "verify":
+                state["verifies"] = rest == "ok"
+            elif word == "key":
+                state["key_matches"] = rest == "ok"
+        return state

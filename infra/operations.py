@@ -6,6 +6,8 @@ reports no change. Every path and name that reaches a command is quoted.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import time
 from collections.abc import Mapping
 from io import BytesIO, StringIO
 from pathlib import Path, PurePosixPath
@@ -15,6 +17,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, oper
 
 from .facts import (
     Accounts,
+    CertificateState,
     DefaultGateways,
     FileText,
     FirewallState,
@@ -290,6 +293,60 @@ def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] |
         yield f"systemctl start {q(unit)}"
     elif not changed and (not enabled or state["enabled"] == "enabled"):
         host.noop(f"{unit} is as wanted")
+
+
+def _san(name: str) -> str:
+    try:
+        return f"IP:{ipaddress.ip_address(name)}"
+    except ValueError:
+        return f"DNS:{name}"
+
+
+@operation()
+def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_name: str,
+                       names: tuple[str, ...], user: str, group: str, days: int = 365,
+                       renew_days: int = 30):
+    """A server certificate signed by a CA whose key is on this host: (re)made when it is
+    missing, expires within `renew_days`, names other hosts than `names`, does not verify
+    against the CA, or does not match its key. The key is made anew with it, on the host,
+    and never leaves it.
+
+    + cert, key: where they live; the key is 0640 owner `user`, group `group`
+    + ca_cert, ca_key: the signing CA on this host
+    + common_name: the certificate's subject CN
+    + names: DNS names and IP addresses it is valid for (subject alternative names)
+    + user, group: owner of both files (the service that presents them reads the key)
+    + days: validity of a new certificate
+    + renew_days: how long before expiry a re-apply renews it
+    """
+    sans = [_san(n) for n in dict.fromkeys(names)]
+    want_sans = sorted(s.replace("IP:", "IPAddress:") for s in sans)
+    state = host.get_fact(CertificateState, cert=cert, key=key, ca_cert=ca_cert)
+    fresh = (state is not None and state["verifies"] and state["key_matches"]
+             and state["sans"] == want_sans and state["end"] > time.time() + renew_days * 86400)
+    if fresh:
+        files = fact_once(host, PathStates, paths=(cert, key))
+        changes = [*_attributes(cert, files[cert], user, group, "644"),
+                   *_attributes(key, files[key], user, group, "640")]
+        if not changes:
+            host.noop(f"{cert} is valid for {', '.join(names)} and not due for renewal")
+        yield from changes
+        return
+    new_key, new_cert, csr, ext = (f"{key}.autocode-new", f"{cert}.autocode-new",
+                                   f"{cert}.csr", f"{cert}.ext")
+    extensions = ("basicConstraints=critical,CA:FALSE\n"
+                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                  "extendedKeyUsage=serverAuth,clientAuth\n")
+    yield (f"umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+           f"-nodes -keyout {q(new_key)} -out {q(csr)} -subj {q('/CN=' + common_name)} "
+           f"-addext {q('subjectAltName=' + ','.join(sans))} 2>/dev/null")
+    yield f"printf {q(extensions)} > {q(ext)}"
+    yield (f"openssl x509 -req -in {q(csr)} -CA {q(ca_cert)} -CAkey {q(ca_key)} "
+           f"-set_serial 0x$(openssl rand -hex 16) -days {int(days)} -copy_extensions copy "
+           f"-extfile {q(ext)} -out {q(new_cert)} 2>/dev/null")
+    yield (f"chown {q(user)}:{q(group)} {q(new_key)} {q(new_cert)} && chmod 640 {q(new_key)} "
+           f"&& chmod 644 {q(new_cert)}")
+    yield f"mv -f {q(new_key)} {q(key)} && mv -f {q(new_cert)} {q(cert)} && rm -f {q(csr)} {q(ext)}"
 
 
 @operation()

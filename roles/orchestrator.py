@@ -1,13 +1,13 @@
 """The orchestrator: the workers' gateway and egress proxy, their DNS forwarder.
 
-Model serving, secrets, logs and the Nomad server are components still to come (README:
+Model serving, logs and the Nomad server are components still to come (README:
 "What is deployed today")."""
 
-from tasks import base, dns, mitmproxy, network, runtime
+from tasks import base, dns, mitmproxy, network, platform_ca, runtime, vault
 
 # Base first: every later component relies on its accounts and folders; the runtime
 # before the proxy, which runs from it.
-COMPONENTS = [base, network, dns, runtime, mitmproxy]
+COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, vault]
 
 
 def apply() -> None:

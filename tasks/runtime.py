@@ -69,7 +69,8 @@ COMPONENT = Component(
     role_settings={"worker": {"agent_type": "claude-code"}},
     check=check,
     data_tree={
-        "orchestrator": {**_RUNTIME_DATA, "logs/orchestrator": ("autocode", "autocode", "750")},
+        # 751: services with their own folder inside (Vault's audit log) pass through.
+        "orchestrator": {**_RUNTIME_DATA, "logs/orchestrator": ("autocode", "autocode", "751")},
         "worker": {**_RUNTIME_DATA,
                    "worker-artifacts": ("autocode", "autocode", "750"),
                    "worker-artifacts/projects": ("autocode", "autocode", "750"),

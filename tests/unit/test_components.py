@@ -31,7 +31,7 @@ def test_group_data_is_exactly_what_components_declare():
     for key, value in settings.items():
         assert orch[key] == value and workers[key] == value
     assert workers["agent_type"] == "claude-code" and "agent_type" not in orch
-    assert orch["system_users"] == ["autocode", "autocode-proxy"]
+    assert orch["system_users"] == ["autocode", "autocode-proxy", "vault"]
     assert workers["system_users"] == ["autocode"]
     assert orch["data_tree"]["logs/traffic/spool"][0] == "autocode-proxy"
     assert "logs/traffic" not in workers["data_tree"]
@@ -39,15 +39,16 @@ def test_group_data_is_exactly_what_components_declare():
 
 
 def test_worker_ports_follow_the_owning_components_settings():
-    data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128}
-    assert components.worker_ports(data) == [3128, 5353]
+    data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128,
+            "vault_port": 8300}
+    assert components.worker_ports(data) == [3128, 5353, 8300]
 
 
 def test_one_runtime_install_per_host_with_the_union_of_needs():
     orch = group_defaults("orchestrator")
     assert components.runtime_needs("orchestrator", orch) == (
         ("proxy",), (f"mitmproxy=={orch['mitmproxy_version']}",))
-    assert components.runtime_needs("worker", group_defaults("workers")) is None
+    assert components.runtime_needs("worker", group_defaults("workers")) == ((), ())
 
 
 def test_every_components_check_runs_in_one_pass():
