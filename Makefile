@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the lab drives on the control machine.
-LAB_PACKAGES := systemd-container debootstrap iptables nftables iproute2 openssh-client
-LAB_TOOLS := systemd-nspawn debootstrap iptables nft ip ssh
+# Debian packages the lab (and the PGP and TLS tests) drive on the control machine.
+LAB_PACKAGES := systemd-container debootstrap iptables nftables iproute2 openssh-client gnupg openssl
+LAB_TOOLS := systemd-nspawn debootstrap iptables nft ip ssh gpg openssl
 
 .PHONY: venv system-deps lab lab-down test unit-test lab-test bench lint clean
 
@@ -35,7 +35,7 @@ lab: system-deps $(STAMP)
 lab-down: $(STAMP)
 	$(PY) -m lab down
 
-unit-test: $(STAMP)
+unit-test: system-deps $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
 # The lab fixture tears the lab down itself; the trap covers a killed pytest.

@@ -17,6 +17,7 @@ in the 0600 keys file on the control machine, and in files uploaded over SFTP.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import logging
@@ -430,7 +431,22 @@ def session(state, orchestrator, url: str, keys_path: Path, ca_path: str) -> Ses
 # -- operations -----------------------------------------------------------------------------
 
 
+def _reported(func):
+    """An API error in an operation becomes the operation's failure, with Vault's message
+    (never a body or a token) and without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            yield from func(*args, **kwargs)
+        except VaultAPIError as exc:
+            raise VaultSetupError(str(exc)) from None
+
+    return wrapper
+
+
 @operation()
+@_reported
 def vault_ready(vault: Session, plan: InitPlan, restarted: tuple = ()):
     """Vault initialised (keys to the keys file), unsealed from the keys file, and the
     deploy's admin token made (then the root token revoked).
@@ -465,6 +481,8 @@ def vault_ready(vault: Session, plan: InitPlan, restarted: tuple = ()):
                        "then apply again. Everything that needs Vault is skipped")
             host_noop("Vault is sealed; its configuration is skipped")
             return
+        vault.warn("sealed", f"Vault at {vault.url} is sealed: this apply unseals it with the "
+                   f"keys in {vault.keys.path}")
         yield FunctionCommand(_ready_at_run_time, (vault, plan), {})
         return
     if doc.get("root_token") and not doc.get("admin_token"):
@@ -519,6 +537,7 @@ def audit_differs(admin: VaultAPI, audit: dict[str, Any] | None) -> bool:
 
 
 @operation()
+@_reported
 def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dict],
                   audit: dict[str, Any] | None = None):
     """The KV v2 mount at `secret`, and these ACL policies and token roles, each exactly
@@ -560,6 +579,7 @@ def _objects_at_run_time(state, host, vault: Session, policies, roles, audit) ->
 
 
 @operation()
+@_reported
 def vault_token_file(vault: Session, path: str, owner: str, group: str, role: str,
                      policy: str, period_hours: int, record: str):
     """A token of token role `role` in a 0600 file on this host: issued when there is
@@ -635,6 +655,7 @@ def _token_at_run_time(state, host, vault: Session, path, owner, group, role, po
 
 
 @operation()
+@_reported
 def vault_seeded(vault: Session, seed_file: str):
     """The values of a seed file (on the control machine) written to KV where they differ.
     Only paths are ever printed.

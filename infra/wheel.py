@@ -36,8 +36,17 @@ def autocode_wheel() -> Path:
     if wheels:
         return wheels[0]
     with tempfile.TemporaryDirectory() as tmp:
+        # Built from a copy: setuptools keeps scratch folders (build/lib, build/bdist.*)
+        # beside the sources, and one left by an interrupted build breaks the next.
+        source = Path(tmp) / "src"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, source / name)
+        shutil.copytree(REPO / "autocode", source / "autocode",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp, str(REPO)],
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp,
+             str(source)],
             capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
         )
         if proc.returncode != 0:

