@@ -5,7 +5,6 @@ checks of bad input. No double: OpenBao is the server the lab deploys."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 from pathlib import Path
