@@ -418,7 +418,7 @@ def worker() -> None:
     vault = _session(host.state)
     role, period = worker_role(host.name), int(data.vault_token_period_hours)
     vault_state.vault_objects(
-        name=f"Vault: policy and token role of {host.name}", vault=vault,
+        name="Vault: the worker's policy and token role", vault=vault,
         policies={role: vault_state.worker_policy(list(data.secret_paths))},
         roles={role: vault_state.token_role(role, period, [worker_bound_cidr(host)])})
     vault_state.vault_token_file(

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.lab
 BOOT_MARKER = "/run/autocode-lab-before-reboot"  # /run is a tmpfs: gone after a boot
 AGENT = group_defaults("workers")["service_user"]
 ORCHESTRATOR_UNITS = ("dnsmasq", "autocode-firewall", "autocode-mitmproxy",
-                      "autocode-traffic-shipper")
+                      "autocode-traffic-shipper", "openbao", "autocode-vault-backup.timer")
+UNSEAL_OP = "Secrets server | Vault initialised and unsealed"
 WORKER_UNITS = ("autocode-firewall", "autocode-gateway")
 
 
@@ -96,6 +97,16 @@ def test_reboot_of_the_orchestrator_and_a_worker_restores_everything(lab, ssh, p
         assert state_after_boot(ssh, lab, host) == expected(lab, host, ca_before), host
     got = proxied_and_recorded(lab, ssh, lab.workers[0].name)
     assert got["worker_id"] == lab.workers[0].name and got["status"] == 200
+    # Vault comes back sealed (its keys live on the control machine only): a dry run says
+    # so, an apply unseals it and changes nothing else, and then there is nothing to do.
+    sealed = ssh(lab.orchestrator.name, "curl -s --cacert /etc/autocode/pki/platform-ca.crt "
+                 "https://127.0.0.1:8200/v1/sys/seal-status").stdout
+    assert '"sealed":true' in sealed
+    plan, _ = pyinfra.run("--dry")
+    assert changed_hosts(plan).get(UNSEAL_OP) == {lab.orchestrator.name}
+    result, _ = pyinfra.run()
+    assert {op["name"]: set(op["success"]) for op in result["results"]["operations"]
+            if op["success"]} == {UNSEAL_OP: {lab.orchestrator.name}}
     result, _ = pyinfra.run()
     assert changed_hosts(result) == {}
 
