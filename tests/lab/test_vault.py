@@ -261,8 +261,8 @@ def test_backup_restores_into_wiped_storage(lab, ssh, deploy, admin):
     snapshot = ssh(orch, f"ls -1 {backups}/vault-*.snap | tail -n 1").stdout.strip()
     assert ssh(orch, f"stat -c '%U %a' {snapshot}").stdout.split() == ["vault", "600"]
     expected = agent_reads(ssh, w1, "print(json.dumps(attempt(m.get_payment_card)))")
-    ssh(orch, f"systemctl stop {UNIT} && rm -rf {DATA_ROOT}/vault-data/* && systemctl reset-failed {UNIT}; "
-              f"systemctl start {UNIT}")
+    ssh(orch, f"systemctl stop {UNIT} && rm -rf {DATA_ROOT}/vault-data/* && "
+              f"systemctl reset-failed {UNIT}; systemctl start {UNIT}")
     time.sleep(1)
     # The deploy never initialises a fresh store over keys it holds: it stops, changes
     # nothing, and says how to restore.
