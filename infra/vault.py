@@ -44,8 +44,11 @@ ADMIN_POLICY = "autocode-deploy"
 ADMIN_POLICY_TEXT = """\
 # Managed by autocode (infra/vault.py): the deploy's token.
 path "sys/mounts" { capabilities = ["read"] }
+path "sys/auth/token/tune" { capabilities = ["read", "update", "sudo"] }
 path "sys/mounts/secret" { capabilities = ["create", "read", "update"] }
+path "sys/policies/acl" { capabilities = ["list"] }
 path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "auth/token/roles" { capabilities = ["list"] }
 path "auth/token/roles/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "auth/token/create/*" { capabilities = ["create", "update", "sudo"] }
 path "auth/token/lookup-accessor" { capabilities = ["update"] }
@@ -59,6 +62,9 @@ path "sys/audit" { capabilities = ["read", "sudo"] }
 path "sys/audit/*" { capabilities = ["create", "update", "sudo"] }
 """
 ADMIN_PERIOD = "8760h"
+# Tokens of the token auth method live at most this long (Vault's default is 768 h, which
+# would cut a year's admin period and any token period over 32 days).
+TOKEN_MAX_TTL_HOURS = 8784
 # A worker's or service's token is renewed by reissue when less than this share of its
 # period is left.
 RENEW_BELOW = 1 / 3
@@ -216,25 +222,51 @@ def unseal(api: VaultAPI, doc: dict[str, Any]) -> bool:
 
 def bootstrap_admin(api: VaultAPI, keys: KeysFile) -> None:
     """With the root token: the deploy's admin policy and an orphan periodic token for it,
-    saved to the keys file; then the root token is revoked and dropped from the file."""
+    saved to the keys file; then the root token is revoked and dropped from the file. A run
+    that stopped half-way is finished by the next one."""
     doc = keys.load() or {}
     root_token = doc.get("root_token")
-    if doc.get("admin_token") or not root_token:
+    if not root_token:
         return
     root = api.with_token(root_token)
-    root.put(f"sys/policies/acl/{ADMIN_POLICY}", {"policy": ADMIN_POLICY_TEXT})
-    answer = root.put("auth/token/create-orphan", {
-        "policies": [ADMIN_POLICY], "no_default_policy": True, "period": ADMIN_PERIOD,
-        "display_name": "autocode-deploy", "renewable": True}) or {}
-    auth = answer.get("auth") or {}
-    doc["admin_token"], doc["admin_accessor"] = auth.get("client_token"), auth.get("accessor")
-    if not doc["admin_token"]:
-        raise VaultSetupError("Vault did not return a token for the deploy")
-    keys.save(doc)
-    root.put("auth/token/revoke-self")
+    if not doc.get("admin_token"):
+        ensure_token_tune(root)
+        root.put(f"sys/policies/acl/{ADMIN_POLICY}", {"policy": ADMIN_POLICY_TEXT})
+        answer = root.put("auth/token/create-orphan", {
+            "policies": [ADMIN_POLICY], "no_default_policy": True, "period": ADMIN_PERIOD,
+            "display_name": "autocode-deploy", "renewable": True}) or {}
+        auth = answer.get("auth") or {}
+        doc["admin_token"] = auth.get("client_token")
+        doc["admin_accessor"] = auth.get("accessor")
+        if not doc["admin_token"]:
+            raise VaultSetupError("Vault did not return a token for the deploy")
+        keys.save(doc)
+    # 403: revoked already, by a run that stopped before it could drop it from the file.
+    root.put("auth/token/revoke-self", ok=(403,))
     doc["root_token"] = None
     doc["root_token_revoked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     keys.save(doc)
+
+
+def admin_token_health(admin: VaultAPI) -> str | None:
+    """None when the deploy's token is valid with more than half its period left; else
+    "renew" (it is valid, renew it) or "invalid"."""
+    info = admin.get("auth/token/lookup-self", ok=(403,))
+    data = (info or {}).get("data")
+    if not data:
+        return "invalid"
+    period = min(data.get("period") or 0, TOKEN_MAX_TTL_HOURS * 3600)
+    return "renew" if period and (data.get("ttl") or 0) < period / 2 else None
+
+
+def token_tune_differs(admin: VaultAPI) -> bool:
+    tune = admin.get("sys/auth/token/tune") or {}
+    return ((tune.get("data") or tune).get("max_lease_ttl") or 0) < TOKEN_MAX_TTL_HOURS * 3600
+
+
+def ensure_token_tune(api: VaultAPI) -> None:
+    if token_tune_differs(api):
+        api.put("sys/auth/token/tune", {"max_lease_ttl": f"{TOKEN_MAX_TTL_HOURS}h"})
 
 
 # -- objects: mounts, policies, token roles -------------------------------------------------
@@ -243,8 +275,9 @@ def bootstrap_admin(api: VaultAPI, keys: KeysFile) -> None:
 def worker_policy(paths: list[str]) -> str:
     lines = ["# Managed by autocode (infra/vault.py): exactly what this token may read."]
     lines += [f'path "{KV_MOUNT}/data/{p}" {{ capabilities = ["read"] }}' for p in paths]
-    lines += ['path "auth/token/lookup-self" { capabilities = ["read"] }',
-              'path "auth/token/renew-self" { capabilities = ["update"] }']
+    # No renew-self: only a re-apply extends a worker's access, so a worker taken out of
+    # the inventory loses it within one token period even if its agent is still running.
+    lines += ['path "auth/token/lookup-self" { capabilities = ["read"] }']
     return "\n".join(lines) + "\n"
 
 
@@ -294,6 +327,25 @@ def role_differs(admin: VaultAPI, name: str, want: dict[str, Any]) -> bool:
         if got != value:
             return True
     return False
+
+
+def stale(admin: VaultAPI, prefix: str, keep: set[str]) -> dict[str, list[str]]:
+    """Policies and token roles named `prefix...` that are not in `keep`: those of hosts
+    gone from the inventory."""
+    found = {}
+    for kind, path in (("policies", "sys/policies/acl"), ("roles", "auth/token/roles")):
+        keys = ((admin.get(f"{path}?list=true", ok=(404,)) or {}).get("data") or {}).get("keys")
+        found[kind] = sorted(k for k in keys or [] if k.startswith(prefix) and k not in keep)
+    return found
+
+
+def prune(admin: VaultAPI, found: dict[str, list[str]]) -> None:
+    # The role first, so no new token comes from it; without its policy, a token the
+    # role issued can read nothing any more.
+    for name in found["roles"]:
+        admin.delete(f"auth/token/roles/{name}")
+    for name in found["policies"]:
+        admin.delete(f"sys/policies/acl/{name}")
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -485,10 +537,25 @@ def vault_ready(vault: Session, plan: InitPlan, restarted: tuple = ()):
                    f"keys in {vault.keys.path}")
         yield FunctionCommand(_ready_at_run_time, (vault, plan), {})
         return
-    if doc.get("root_token") and not doc.get("admin_token"):
+    if doc.get("root_token"):
         yield FunctionCommand(_ready_at_run_time, (vault, plan), {})
         return
+    token = admin_token_health(vault.admin())
+    if token == "invalid":
+        vault.skip_reason = "refusing the deploy's token"
+        vault.warn("admin", f"Vault refuses the admin token in {vault.keys.path} (revoked, or "
+                   "expired after a year without an apply): everything that needs Vault is "
+                   "skipped. Make a new one (README, 'The deploy's Vault token')")
+        host_noop("Vault refuses the deploy's token; its configuration is skipped")
+        return
+    if token == "renew":
+        yield FunctionCommand(_renew_admin, (vault,), {})
+        return
     host_noop(f"Vault at {vault.url} is initialised and unsealed")
+
+
+def _renew_admin(state, host, vault: Session) -> None:
+    vault.admin().put("auth/token/renew-self")
 
 
 def _ready_at_run_time(state, host, vault: Session, plan: InitPlan) -> None:
@@ -539,7 +606,7 @@ def audit_differs(admin: VaultAPI, audit: dict[str, Any] | None) -> bool:
 @operation()
 @_reported
 def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dict],
-                  audit: dict[str, Any] | None = None):
+                  audit: dict[str, Any] | None = None, tune: bool = False):
     """The KV v2 mount at `secret`, and these ACL policies and token roles, each exactly
     as given (others are left alone).
 
@@ -548,34 +615,70 @@ def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dic
     + roles: token role name -> its settings (token_role())
     + audit: a file audit device to enable through the API at file/ (HashiCorp Vault; OpenBao
       declares it in its configuration file instead)
+    + tune: also the token auth method's maximum TTL (TOKEN_MAX_TTL_HOURS)
     """
     if _skip(vault, "Vault objects"):
         return
     if vault.usable():
         admin = vault.admin()
-        differs = (mount_differs(admin) or audit_differs(admin, audit)
+        # Policies before the tune: an older deploy policy may not allow reading it.
+        differs = (mount_differs(admin)
                    or any(policy_differs(admin, n, t) for n, t in sorted(policies.items()))
+                   or (tune and token_tune_differs(admin)) or audit_differs(admin, audit)
                    or any(role_differs(admin, n, r) for n, r in sorted(roles.items())))
         if not differs:
             host_noop(f"Vault: {KV_MOUNT}/, {len(policies)} policies and {len(roles)} token "
                       "roles as wanted")
             return
-    yield FunctionCommand(_objects_at_run_time, (vault, policies, roles, audit), {})
+    yield FunctionCommand(_objects_at_run_time, (vault, policies, roles, audit, tune), {})
 
 
-def _objects_at_run_time(state, host, vault: Session, policies, roles, audit) -> None:
+def _objects_at_run_time(state, host, vault: Session, policies, roles, audit, tune) -> None:
     if vault.skip_reason:
         return
     admin = vault.admin()
     ensure_mount(admin)
+    # Its own policy first: an older one may lack what the rest needs (the tune).
+    for name in sorted(policies, key=lambda n: n != ADMIN_POLICY):
+        if policy_differs(admin, name, policies[name]):
+            admin.put(f"sys/policies/acl/{name}", {"policy": policies[name]})
+    if tune:
+        ensure_token_tune(admin)
     if audit_differs(admin, audit):
         admin.put("sys/audit/file", audit)
-    for name, text in sorted(policies.items()):
-        if policy_differs(admin, name, text):
-            admin.put(f"sys/policies/acl/{name}", {"policy": text})
     for name, want in sorted(roles.items()):
         if role_differs(admin, name, want):
             admin.put(f"auth/token/roles/{name}", want)
+
+
+@operation()
+@_reported
+def vault_pruned(vault: Session, prefix: str, keep: tuple[str, ...]):
+    """No policy or token role named `prefix...` but those in `keep`: a host taken out of
+    the inventory loses its access to Vault at the next apply.
+
+    + vault: the run's Session
+    + prefix: the name prefix this deploy owns, e.g. autocode-worker-
+    + keep: the names of the hosts still in the inventory
+    """
+    if _skip(vault, "Vault access of removed hosts"):
+        return
+    if vault.usable():
+        found = stale(vault.admin(), prefix, set(keep))
+        if not found["policies"] and not found["roles"]:
+            host_noop(f"Vault: no {prefix}* policy or role of a removed host")
+            return
+    yield FunctionCommand(_prune_at_run_time, (vault, prefix, keep), {})
+
+
+def _prune_at_run_time(state, host, vault: Session, prefix, keep) -> None:
+    if vault.skip_reason:
+        return
+    admin = vault.admin()
+    found = stale(admin, prefix, set(keep))
+    prune(admin, found)
+    if found["policies"] or found["roles"]:
+        host.log(f"Vault: removed {', '.join(sorted(set(found['policies'] + found['roles'])))}")
 
 
 @operation()

@@ -263,8 +263,11 @@ def _session(state) -> vault_state.Session:
     return vault_state.session(state, orch, url, keys_file(data.dict()), platform_ca.CA_CERT)
 
 
+WORKER_PREFIX = "autocode-worker-"
+
+
 def worker_role(name: str) -> str:
-    return f"autocode-worker-{name}"
+    return f"{WORKER_PREFIX}{name}"
 
 
 def worker_bound_cidr(worker) -> str:
@@ -382,11 +385,16 @@ def orchestrator() -> None:
     audit = None if kind.audit_in_config else {"type": "file",
                                                 "options": {"file_path": audit_log}}
     vault_state.vault_objects(
-        name="Vault: KV engine, backup policy and role", vault=vault,
-        policies={"autocode-backup": backup_policy},
+        name="Vault: KV engine, the deploy's and the backup's policies", vault=vault,
+        policies={"autocode-backup": backup_policy,
+                  vault_state.ADMIN_POLICY: vault_state.ADMIN_POLICY_TEXT},
         roles={"autocode-backup": vault_state.token_role("autocode-backup", period,
                                                          ["127.0.0.1/32"])},
-        audit=audit)
+        audit=audit, tune=True)
+    vault_state.vault_pruned(
+        name="Vault: no access for hosts gone from the inventory", vault=vault,
+        prefix=WORKER_PREFIX,
+        keep=tuple(sorted(worker_role(w.name) for w in inventory.get_group("workers"))))
     if data.vault_seed_file:
         vault_state.vault_seeded(name="Vault: seed values", vault=vault,
                                  seed_file=str(Path(data.vault_seed_file).expanduser()))

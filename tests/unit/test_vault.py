@@ -334,3 +334,50 @@ def test_keys_file_defaults_beside_the_inventory(monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOCODE_INVENTORY", str(tmp_path / "site.yaml"))
     assert keys_file({}) == tmp_path / "site.vault-keys.json"
     assert keys_file({"vault_keys_file": "~/k.json"}) == Path("~/k.json").expanduser()
+
+
+def test_a_bootstrap_cut_short_is_finished_and_the_admin_token_lives_a_year(bao, tmp_path):
+    keys = vault.KeysFile(tmp_path / "keys.json")
+    vault.initialise(bao.api(), keys, vault.InitPlan(shares=1, threshold=1))
+    vault.unseal(bao.api(), keys.load())
+    vault.wait_until_active(bao.api())
+    vault.bootstrap_admin(bao.api(), keys)
+    # As if the run had died after saving the admin token, before revoking root: the root
+    # token is back in the file (already revoked or not, the next run drops it).
+    doc = keys.load()
+    root = bao.api(doc["admin_token"])
+    doc["root_token"] = "s.already-revoked-token"
+    keys.save(doc)
+    vault.bootstrap_admin(bao.api(), keys)
+    assert keys.load()["root_token"] is None
+    info = root.get("auth/token/lookup-self")["data"]
+    assert info["ttl"] > 8000 * 3600 and vault.admin_token_health(root) is None
+
+
+def test_hosts_gone_from_the_inventory_lose_their_policy_and_role(ready):
+    bao, keys, admin = ready
+    for name in ("autocode-worker-w1", "autocode-worker-w2", "unrelated"):
+        admin.put(f"sys/policies/acl/{name}", {"policy": vault.worker_policy(["crypto/TON"])})
+        admin.put(f"auth/token/roles/{name}", vault.token_role(name, 720, ["127.0.0.1/32"]))
+    admin.put("secret/data/crypto/TON", {"data": {"seed": PLANTED}})
+    token, _ = vault.issue_token(admin, "autocode-worker-w2", {})
+    assert bao.api(token).get("secret/data/crypto/TON")
+    found = vault.stale(admin, "autocode-worker-", {"autocode-worker-w1"})
+    assert found == {"policies": ["autocode-worker-w2"], "roles": ["autocode-worker-w2"]}
+    vault.prune(admin, found)
+    assert vault.stale(admin, "autocode-worker-", {"autocode-worker-w1"}) == \
+        {"policies": [], "roles": []}
+    with pytest.raises(VaultAPIError) as caught:
+        bao.api(token).get("secret/data/crypto/TON")
+    assert caught.value.status == 403
+    assert not vault.policy_differs(admin, "unrelated", vault.worker_policy(["crypto/TON"]))
+
+
+def test_a_worker_token_cannot_extend_itself(ready):
+    bao, keys, admin = ready
+    admin.put("sys/policies/acl/w1", {"policy": vault.worker_policy(["crypto/TON"])})
+    admin.put("auth/token/roles/w1", vault.token_role("w1", 720, ["127.0.0.1/32"]))
+    token, _ = vault.issue_token(admin, "w1", {})
+    with pytest.raises(VaultAPIError) as caught:
+        bao.api(token).put("auth/token/renew-self")
+    assert caught.value.status == 403
