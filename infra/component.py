@@ -42,6 +42,8 @@ class Component:
     + data_tree: per role, folders under data_root it writes, with owner, group and mode
     + worker_ports: TCP ports on the orchestrator that workers may reach for it (network
       opens them on both firewalls), from the host's data
+    + management_ports: TCP ports on the orchestrator that, besides workers allowed by
+      worker_ports, only the management networks may reach (network drops the rest)
     + runtime_extras: per role, extras of the autocode runtime it needs on that host
     + runtime_pins: requirement pins it needs in the runtime's virtualenv, from the data
     """
@@ -53,6 +55,7 @@ class Component:
     system_users: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     data_tree: Mapping[str, Mapping[str, FolderSpec]] = field(default_factory=dict)
     worker_ports: Callable[[Mapping[str, Any]], Iterable[int]] = _no_ports
+    management_ports: Callable[[Mapping[str, Any]], Iterable[int]] = _no_ports
     runtime_extras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     runtime_pins: Callable[[Mapping[str, Any]], Iterable[str]] = _no_pins
 

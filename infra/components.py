@@ -84,6 +84,15 @@ def worker_ports(data: Mapping[str, Any]) -> list[int]:
     return sorted(ports)
 
 
+def management_ports(data: Mapping[str, Any]) -> list[int]:
+    """TCP ports on the orchestrator that only the management networks (and the workers
+    their worker_ports allow) may reach."""
+    ports: set[int] = set()
+    for component in of_role("orchestrator"):
+        ports.update(component.management_ports(data))
+    return sorted(ports)
+
+
 def runtime_needs(role: str, data: Mapping[str, Any]) -> tuple[tuple[str, ...],
                                                                 tuple[str, ...]] | None:
     """(extras, pins) of the one runtime install on a host of this role, or None when no

@@ -249,3 +249,13 @@ class CertificateState(FactBase):
             elif word == "key":
                 state["key_matches"] = rest == "ok"
         return state
+
+
+class SshClientAddress(FactBase):
+    """The address this host sees the control machine's SSH connection come from."""
+
+    def command(self) -> str:
+        return 'echo "${SSH_CLIENT%% *}"'
+
+    def process(self, output):
+        return "".join(output).strip() or None

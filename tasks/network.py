@@ -11,11 +11,14 @@ What workers may reach on the orchestrator is what the components declare
 
 from __future__ import annotations
 
+import ipaddress
+
 from pyinfra import host
 from pyinfra.api import deploy
 
 from infra import components
 from infra.component import Component
+from infra.facts import SshClientAddress
 from infra.operations import (
     default_gateway,
     digest,
@@ -40,6 +43,20 @@ ROUTER_SYSCTLS = {
 def check(problems: Problems, role: str, data) -> None:
     check_network(problems, "worker_network", data.get("worker_network"), required=True)
     check_network(problems, "worker_network6", data.get("worker_network6"), required=False)
+    nets = data.get("management_networks")
+    if nets is not None:
+        if not isinstance(nets, list):
+            problems.add("management_networks", f"{nets!r} is not a list of IPv4 networks, "
+                         "e.g. [192.0.2.0/24]; leave it unset for the control machine only")
+        else:
+            for net in nets:
+                try:
+                    ok = ipaddress.ip_network(str(net)).version == 4
+                except ValueError:
+                    ok = False
+                if not ok:
+                    problems.add("management_networks", f"{net!r} is not an IPv4 network; "
+                                 "write it as address/prefix, e.g. 192.0.2.0/24")
 
 
 COMPONENT = Component(
@@ -48,6 +65,10 @@ COMPONENT = Component(
         # The network the workers live on; the orchestrator is its gateway.
         "worker_network": None,
         "worker_network6": None,
+        # Who may reach the orchestrator's management services (the Vault API): IPv4
+        # networks; unset, the control machine's own address as the orchestrator sees its
+        # SSH connection.
+        "management_networks": None,
     },
     check=check,
 )
@@ -61,7 +82,9 @@ def orchestrator() -> None:
     _rulesets(
         v4=render("network/orchestrator.rules.v4.j2", worker_network=data.worker_network,
                   proxy_port=data.mitmproxy_port, dns_port=data.dns_port,
-                  worker_tcp_ports=components.worker_ports(data.dict())),
+                  worker_tcp_ports=components.worker_ports(data.dict()),
+                  management_tcp_ports=components.management_ports(data.dict()),
+                  management_networks=_management_networks(data)),
         v6=render("network/orchestrator.rules.v6.j2", worker_network6=data.worker_network6),
     )
 
@@ -80,6 +103,17 @@ def worker() -> None:
                   orchestrator_tcp_ports=components.worker_ports(data.dict())),
         v6=render("network/worker.rules.v6.j2"),
     )
+
+
+def _management_networks(data) -> list[str]:
+    if data.management_networks is not None:
+        return [str(ipaddress.ip_network(str(n))) for n in data.management_networks]
+    client = host.get_fact(SshClientAddress)
+    try:
+        address = ipaddress.ip_address(client or "")
+    except ValueError:
+        return []  # not over SSH: only the host itself and the workers
+    return [f"{address}/32"] if address.version == 4 else []
 
 
 def _rulesets(v4: str, v6: str) -> None:

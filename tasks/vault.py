@@ -247,6 +247,8 @@ COMPONENT = Component(
         "logs/orchestrator/vault": (VAULT_USER, VAULT_USER, "750"),
     }},
     worker_ports=lambda data: [data["vault_port"]],
+    # The API is for the agents and the control machine, nobody else on the uplink.
+    management_ports=lambda data: [data["vault_port"]],
     # The agent reads its secrets with the runtime's SecretManager.
     runtime_extras={"worker": ()},
 )

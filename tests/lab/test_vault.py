@@ -119,9 +119,16 @@ def test_converged_initialised_unsealed_and_a_reapply_changes_nothing(lab, ssh, 
     after = int(ssh(lab.orchestrator.name, f"wc -l < {audit}").stdout)
     # Each audited call is two lines (request, response); seal-status reads are unaudited.
     record("vault: authenticated API calls in a no-change re-apply", str((after - before) // 2))
-    # The cluster port answers nobody but the host itself.
+    # The cluster port answers nobody but the host itself; the API, the workers and the
+    # control machine (this test reads it), not the rest of the uplink.
     listeners = ssh(lab.orchestrator.name, "ss -Htln").stdout
     assert "127.0.0.1:8201" in listeners and "0.0.0.0:8201" not in listeners
+    probe = "timeout 5 bash -c 'echo > /dev/tcp/{}/{}' 2>/dev/null && echo open || echo closed"
+    orch_up, orch_w = lab.orchestrator.ssh_addr, lab.orchestrator.worker_addr
+    assert ssh(lab.internet.name, probe.format(orch_up, 8200)).stdout.strip() == "closed"
+    assert ssh(lab.internet.name, probe.format(orch_up, 22)).stdout.strip() == "open"
+    assert ssh(lab.workers[0].name, probe.format(orch_w, 8200)).stdout.strip() == "open"
+    assert ssh(lab.workers[0].name, probe.format(orch_w, 8201)).stdout.strip() == "closed"
     for worker in lab.workers:
         mode = ssh(worker.name, f"stat -c '%U %a' {WORKER_TOKEN}").stdout.split()
         assert mode == [AGENT, "600"], worker.name

@@ -381,3 +381,19 @@ def test_a_worker_token_cannot_extend_itself(ready):
     with pytest.raises(VaultAPIError) as caught:
         bao.api(token).put("auth/token/renew-self")
     assert caught.value.status == 403
+
+
+def test_the_api_port_is_open_to_management_networks_only():
+    from infra.render import render
+
+    rules = render("network/orchestrator.rules.v4.j2", worker_network="10.0.1.0/24",
+                   proxy_port=8080, dns_port=53, worker_tcp_ports=[8080, 8200],
+                   management_tcp_ports=[8200],
+                   management_networks=["192.0.2.0/24", "198.51.100.7/32"]).splitlines()
+    jump = rules.index("-A INPUT -s 10.0.1.0/24 ! -i lo -j AUTOCODE-FROM-WORKERS")
+    allow = [rules.index(f"-A INPUT -s {n} -p tcp -m tcp --dport 8200 -j ACCEPT")
+             for n in ("192.0.2.0/24", "198.51.100.7/32")]
+    drop = rules.index("-A INPUT ! -i lo -p tcp -m tcp --dport 8200 -j DROP")
+    assert jump < min(allow) and max(allow) < drop
+    text = _problems("orchestrator", management_networks=["192.0.2.0/24", "fd00::/8", "x"])
+    assert text.count("management_networks:") == 2
