@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from infra.inventory_file import group_defaults
-from infra.vault import KeysFile
+from infra.vault import KeysFile, wait_until_answering
 from infra.vault_api import VaultAPI
 from tasks import platform_ca
 from tasks.vault import WORKER_ENV, WORKER_TOKEN
@@ -171,8 +171,7 @@ def test_a_revoked_token_is_reissued_and_the_old_one_dies(lab, ssh, deploy, admi
 def test_restart_seals_dry_run_reports_it_and_an_apply_unseals(lab, ssh, deploy, admin):
     orch, w1 = lab.orchestrator.name, lab.workers[0].name
     ssh(orch, f"systemctl restart {UNIT}")
-    time.sleep(1)
-    assert admin.seal_status()["sealed"]
+    assert wait_until_answering(admin, 30)["sealed"]
     assert agent_reads(ssh, w1, "print(json.dumps(attempt(m.get_payment_card)))") == \
         {"error": "sealed"}
     plan, _ = deploy.run("--dry")
@@ -183,6 +182,27 @@ def test_restart_seals_dry_run_reports_it_and_an_apply_unseals(lab, ssh, deploy,
     assert agent_reads(ssh, w1, "print(json.dumps(attempt(m.get_payment_card)))") == CARD
     result, _ = deploy.run()
     assert changed_hosts(result) == {}
+
+
+def test_kill_9_is_restarted_by_systemd_sealed_and_the_apply_unseals(lab, ssh, deploy,
+                                                                       admin):
+    orch = lab.orchestrator.name
+    pid = ssh(orch, f"systemctl show -P MainPID {UNIT}").stdout.strip()
+    ssh(orch, f"kill -9 {pid}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = ssh(orch, f"systemctl show -P MainPID {UNIT}").stdout.strip()
+        if now not in ("0", pid) and ssh(orch, f"systemctl is-active {UNIT}",
+                                         check=False).stdout.strip() == "active":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"{UNIT} was not restarted after kill -9")
+    assert wait_until_answering(admin, 30)["sealed"]
+    result, _ = deploy.run()
+    assert executed_changes(result) == {READY_OP: {orch}}
+    assert agent_reads(ssh, lab.workers[0].name,
+                       "print(json.dumps(attempt(m.get_payment_card)))") == CARD
 
 
 def test_planted_secrets_appear_nowhere(lab, ssh, deploy, admin, site):
