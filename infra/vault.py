@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import ipaddress
 import json
 import logging
@@ -528,9 +529,11 @@ def vault_ready(vault: Session, plan: InitPlan, restarted: tuple = ()):
         if not doc.get("unseal_keys_b64"):
             vault.skip_reason = "sealed"
             vault.warn("sealed", f"Vault at {vault.url} is SEALED and the keys file holds no "
-                       "usable unseal keys (they are encrypted to operators' PGP keys): "
-                       f"unseal it with `bao operator unseal` ({doc.get('threshold')} keys), "
-                       "then apply again. Everything that needs Vault is skipped")
+                       "unseal keys the deploy can use (they are encrypted to operators' PGP "
+                       "keys, or they are recovery keys of an auto-unseal seal that did not "
+                       f"unseal): unseal it with `bao operator unseal` ({doc.get('threshold')} "
+                       "keys) or mend the seal, then apply again. Everything that needs Vault "
+                       "is skipped")
             host_noop("Vault is sealed; its configuration is skipped")
             return
         vault.warn("sealed", f"Vault at {vault.url} is sealed: this apply unseals it with the "
@@ -732,8 +735,6 @@ def _token_at_run_time(state, host, vault: Session, path, owner, group, role, po
                        period_hours, record) -> None:
     if vault.skip_reason:
         return
-    import hashlib
-
     admin = vault.admin()
     ok, output = host.run_shell_command(f"cat -- {q(record)} 2>/dev/null || true")
     recorded = _parse_record("\n".join(output.stdout_lines)) if ok else {}

@@ -25,6 +25,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
@@ -64,6 +65,13 @@ WORKER_ENV = "/etc/autocode/vault.env"
 HASHICORP_KEYRING = "/usr/share/keyrings/hashicorp-archive-keyring.gpg"
 HASHICORP_SOURCES = "/etc/apt/sources.list.d/hashicorp.sources"
 SECRET_PATH = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*\Z")
+
+
+def is_secret_path(value) -> bool:
+    """A KV path that reaches a policy and an API URL as it is: no '..', glob, '//',
+    leading '/' or control character."""
+    return (isinstance(value, str) and bool(SECRET_PATH.match(value))
+            and ".." not in value.split("/"))
 DURATION_HOURS = (24, 24 * 366)
 
 
@@ -93,28 +101,27 @@ def keys_file(data) -> Path:
     return inv.with_name(f"{inv.stem}.vault-keys.json")
 
 
-def _check_private_file(problems: Problems, field: str, value) -> None:
-    if value is None:
-        return
+def _check_private_file(problems: Problems, field: str, value) -> bool:
+    """True when `value` names a control-machine file only its owner may read."""
     if not isinstance(value, str) or not value:
         problems.add(field, f"{value!r} is not a path on the control machine")
-        return
+        return False
     path = Path(value).expanduser()
     try:
         mode = path.stat().st_mode
     except OSError:
         problems.add(field, f"{path} cannot be read on the control machine; fix the path")
-        return
+        return False
     if mode & 0o077:
         problems.add(field, f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}); it "
                      "holds secrets: chmod 600 it")
+        return False
+    return True
 
 
 def _check_seed(problems: Problems, value) -> None:
-    _check_private_file(problems, "vault_seed_file", value)
-    if value is None or problems.items and "vault_seed_file" in problems.items[-1]:
+    if value is None or not _check_private_file(problems, "vault_seed_file", value):
         return
-    import yaml
     try:
         doc = yaml.safe_load(Path(value).expanduser().read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -126,7 +133,7 @@ def _check_seed(problems: Problems, value) -> None:
         return
     for path, fields in doc.items():
         # Names only: a value of the file never reaches a message.
-        if not (isinstance(path, str) and SECRET_PATH.match(path) and ".." not in path):
+        if not is_secret_path(path):
             problems.add("vault_seed_file", f"{value}: {str(path)[:60]!r} is not a secret path; "
                          "use letters, digits, _ - . separated by /")
         elif not (isinstance(fields, dict) and fields
@@ -201,8 +208,7 @@ def check(problems: Problems, role: str, data) -> None:
                          "may read, e.g. [payments/card_primary, crypto/TON]")
             return
         for entry in paths:
-            if not (isinstance(entry, str) and SECRET_PATH.match(entry)
-                    and ".." not in entry.split("/")):
+            if not is_secret_path(entry):
                 problems.add("secret_paths", f"{str(entry)[:60]!r} is not a secret path: use "
                              "letters, digits, _ - . between single /, no '..', no glob, no "
                              "newline; e.g. crypto/TON")
