@@ -609,7 +609,8 @@ def audit_differs(admin: VaultAPI, audit: dict[str, Any] | None) -> bool:
 @operation()
 @_reported
 def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dict],
-                  audit: dict[str, Any] | None = None, tune: bool = False):
+                  audit: dict[str, Any] | None = None, tune: bool = False,
+                  kv_mount: bool = True):
     """The KV v2 mount at `secret`, and these ACL policies and token roles, each exactly
     as given (others are left alone).
 
@@ -619,13 +620,14 @@ def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dic
     + audit: a file audit device to enable through the API at file/ (HashiCorp Vault; OpenBao
       declares it in its configuration file instead)
     + tune: also the token auth method's maximum TTL (TOKEN_MAX_TTL_HOURS)
+    + kv_mount: also the KV engine (the orchestrator's call sees to it; workers' need not)
     """
     if _skip(vault, "Vault objects"):
         return
     if vault.usable():
         admin = vault.admin()
         # Policies before the tune: an older deploy policy may not allow reading it.
-        differs = (mount_differs(admin)
+        differs = ((kv_mount and mount_differs(admin))
                    or any(policy_differs(admin, n, t) for n, t in sorted(policies.items()))
                    or (tune and token_tune_differs(admin)) or audit_differs(admin, audit)
                    or any(role_differs(admin, n, r) for n, r in sorted(roles.items())))
@@ -633,14 +635,17 @@ def vault_objects(vault: Session, policies: dict[str, str], roles: dict[str, dic
             host_noop(f"Vault: {KV_MOUNT}/, {len(policies)} policies and {len(roles)} token "
                       "roles as wanted")
             return
-    yield FunctionCommand(_objects_at_run_time, (vault, policies, roles, audit, tune), {})
+    yield FunctionCommand(_objects_at_run_time,
+                          (vault, policies, roles, audit, tune, kv_mount), {})
 
 
-def _objects_at_run_time(state, host, vault: Session, policies, roles, audit, tune) -> None:
+def _objects_at_run_time(state, host, vault: Session, policies, roles, audit, tune,
+                         kv_mount) -> None:
     if vault.skip_reason:
         return
     admin = vault.admin()
-    ensure_mount(admin)
+    if kv_mount:
+        ensure_mount(admin)
     # Its own policy first: an older one may lack what the rest needs (the tune).
     for name in sorted(policies, key=lambda n: n != ADMIN_POLICY):
         if policy_differs(admin, name, policies[name]):

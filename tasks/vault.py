@@ -343,6 +343,16 @@ def orchestrator() -> None:
     audit_log = f"{root}/logs/orchestrator/vault/audit.log"
     unattended = bool(data.vault_unattended_unseal)
 
+    vault = _session(host.state)
+    status = vault.read_status()
+    if status and status.get("initialized") and bool(status.get("recovery_seal")) != unattended:
+        # Checked before any file is written: the new config would keep the server sealed.
+        raise vault_state.VaultSetupError(
+            f"vault_unattended_unseal is {unattended}, but Vault at {vault.url} was initialised "
+            f"{'with' if status.get('recovery_seal') else 'without'} an auto-unseal seal. "
+            "Changing it needs a seal migration (README, 'Unattended unseal'), which the "
+            "deploy does not do; set it back. Nothing was changed")
+
     batch = (CONFDIR, f"{CONFDIR}/tls", "/usr/local/lib/autocode", RECORDS)
     directory(name=f"Folder {CONFDIR}", path=CONFDIR, user="root", group=VAULT_USER,
               mode="750", batch=batch)
@@ -379,7 +389,6 @@ def orchestrator() -> None:
         inputs={"config": digest(config), "binary": f"{data.secrets_server} {version}"},
         restart_when=(config_op, cert), check_command=CHECK_SCRIPT)
 
-    vault = _session(host.state)
     plan = vault_state.InitPlan(
         shares=data.vault_key_shares, threshold=data.vault_key_threshold,
         pgp_keys=tuple(vault_state.pgp_key_b64(p) for p in data.vault_pgp_keys),
@@ -436,7 +445,8 @@ def worker() -> None:
     vault_state.vault_objects(
         name="Vault: the worker's policy and token role", vault=vault,
         policies={role: vault_state.worker_policy(list(data.secret_paths))},
-        roles={role: vault_state.token_role(role, period, [worker_bound_cidr(host)])})
+        roles={role: vault_state.token_role(role, period, [worker_bound_cidr(host)])},
+        kv_mount=False)
     vault_state.vault_token_file(
         name="Vault token for the agent", vault=vault, path=WORKER_TOKEN,
         owner=data.service_user, group=data.service_user, role=role, policy=role,
