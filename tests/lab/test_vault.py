@@ -343,3 +343,12 @@ def test_hashicorp_vault_is_planned_not_installed(lab, ssh):
         assert changes.get(f"Secrets server | {op}") == orch, op
     assert ssh(lab.orchestrator.name, "test -e /etc/apt/sources.list.d/hashicorp.sources",
                check=False).returncode != 0, "a dry plan wrote to the host"
+
+
+def test_flipping_the_seal_of_an_initialised_server_is_refused(lab, ssh, deploy, admin):
+    config = "/etc/autocode/vault/server.hcl"
+    before = ssh(lab.orchestrator.name, f"sha256sum {config}").stdout
+    with pytest.raises(DeployFailed, match="needs a seal migration"):
+        deploy.run("--data", "vault_unattended_unseal=true")
+    assert ssh(lab.orchestrator.name, f"sha256sum {config}").stdout == before
+    assert not admin.seal_status()["sealed"]
