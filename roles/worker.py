@@ -3,8 +3,9 @@
 from tasks import base, dns, mitmproxy, network, platform_ca, runtime, vault
 
 # Egress and DNS before base: once the orchestrator's firewall is loaded, they are the
-# only way a worker reaches a package mirror.
-COMPONENTS = [network, dns, base, platform_ca, runtime, mitmproxy, vault]
+# only way a worker reaches a package mirror. The proxy's CA before the runtime, whose pip
+# install goes through the proxy.
+COMPONENTS = [network, dns, base, platform_ca, mitmproxy, runtime, vault]
 
 
 def apply() -> None:
