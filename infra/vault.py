@@ -426,6 +426,7 @@ class Session:
     ca_pem: str | None = None
     status: dict[str, Any] | None = None
     skip_reason: str | None = None
+    status_read: bool = False
     warned: set = field(default_factory=set)
 
     def api(self) -> VaultAPI:
@@ -441,6 +442,7 @@ class Session:
             self.status = self.api().seal_status()
         except VaultAPIError:
             self.status = None
+        self.status_read = True
         return self.status
 
     def ca_at_run_time(self) -> None:
@@ -463,7 +465,10 @@ class Session:
         return self.api().with_token(token)
 
     def usable(self) -> bool:
-        """At plan time: Vault answers, is unsealed, and the deploy has its token."""
+        """At plan time: Vault answers, is unsealed, and the deploy has its token. Read here
+        when no operation read it yet: pyinfra may plan a worker before the orchestrator."""
+        if not self.status_read:
+            self.read_status()
         return bool(self.status and self.status.get("initialized")
                     and not self.status.get("sealed") and self.skip_reason is None)
 
