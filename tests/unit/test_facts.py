@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -122,3 +123,31 @@ def test_fact_once_keeps_each_hosts_reading_apart():
     state.current_stage = "execute"  # a run reads again what its operations may have changed
     fact_once(worker, PathStates, paths=("/x",))
     assert worker.calls == 2
+
+
+def test_certificate_state_reads_expiry_names_chain_and_key(tmp_path):
+    from infra.facts import CertificateState
+
+    def sh(command):
+        subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True, capture_output=True)
+
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
+       "-out ca.crt -days 30 -subj /CN=ca -addext basicConstraints=critical,CA:TRUE")
+    sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout s.key "
+       "-out s.csr -subj /CN=s -addext subjectAltName=DNS:orch,IP:10.0.1.1")
+    sh("openssl x509 -req -in s.csr -CA ca.crt -CAkey ca.key -set_serial 7 -days 10 "
+       "-copy_extensions copy -out s.crt")
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout o.key "
+       "-out o.crt -days 30 -subj /CN=other")
+    paths = {name: str(tmp_path / name) for name in ("s.crt", "s.key", "ca.crt", "o.key",
+                                                     "o.crt")}
+    state = run_fact(CertificateState, cert=paths["s.crt"], key=paths["s.key"],
+                     ca_cert=paths["ca.crt"])
+    assert state["sans"] == ["DNS:orch", "IPAddress:10.0.1.1"]
+    assert state["verifies"] and state["key_matches"]
+    assert 9 * 86400 < state["end"] - time.time() < 11 * 86400
+    other = run_fact(CertificateState, cert=paths["s.crt"], key=paths["o.key"],
+                     ca_cert=paths["o.crt"])
+    assert not other["verifies"] and not other["key_matches"]
+    assert run_fact(CertificateState, cert=str(tmp_path / "none.crt"), key=paths["s.key"],
+                    ca_cert=paths["ca.crt"]) is None
