@@ -106,6 +106,27 @@ class UnitState(FactBase):
                 for key in ("unit", "started", "active", "enabled")}
 
 
+class UnitStates(FactBase):
+    """UnitState of several units in one command: {unit: state}."""
+
+    default = dict
+
+    def command(self, units: tuple[tuple[str, str, str], ...]) -> str:
+        one = UnitState()
+        return "; ".join(f"echo {q('@' + unit)}; {one.command(unit, path, marker)}"
+                         for unit, path, marker in units)
+
+    def process(self, output):
+        groups: dict[str, list[str]] = {}
+        current = None
+        for line in output:
+            if line.startswith("@"):
+                current = groups.setdefault(line[1:].strip(), [])
+            elif current is not None:
+                current.append(line)
+        return {unit: UnitState().process(lines) for unit, lines in groups.items()}
+
+
 class Accounts(FactBase):
     """System accounts and groups by name: {"users": {name: {"group", "home", "shell"}},
     "groups": {name, ...}}, for the names asked about that exist."""

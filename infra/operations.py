@@ -24,7 +24,7 @@ from .facts import (
     FolderState,
     PathStates,
     Sysctls,
-    UnitState,
+    UnitStates,
     fact_once,
     live_ruleset_digest_command,
     q,
@@ -245,7 +245,7 @@ def _copy_between_hosts(state, host, source, source_path, path, user, group, mod
 @operation()
 def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] | None = None,
                  restart_when: tuple = (), check_command: str | None = None,
-                 enabled: bool = True, running: bool = True):
+                 enabled: bool = True, running: bool = True, batch: tuple[str, ...] = ()):
     """A systemd unit: its file written (after `systemd-analyze verify` passed on it) when
     `text` is given, systemd reloaded when it changed, the unit enabled and running, and
     restarted whenever it or any of its inputs changed since it was last (re)started here.
@@ -262,13 +262,19 @@ def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] |
     + check_command: validates the service's configuration before a (re)start, e.g.
       `dnsmasq --test`; the restart does not happen when it fails
     + enabled, running: wanted states
+    + batch: units (including this one) whose state is read in one fact, once per run;
+      each of them must be changed only by its own call
     """
     path = f"{UNIT_DIR}/{unit}"
     marker = f"{UNIT_MARKERS}/{unit}"
     want_unit = digest(text) if text is not None else None
     want_started = digest("\n".join([want_unit or "package unit",
                                      *(f"{k}={v}" for k, v in sorted((inputs or {}).items()))]))
-    state = host.get_fact(UnitState, unit=unit, path=path, marker=marker)
+    units = tuple(batch) or (unit,)
+    if unit not in units:
+        raise OperationError(f"systemd_unit {unit}: batch must include the unit itself")
+    state = fact_once(host, UnitStates, units=tuple(
+        (u, f"{UNIT_DIR}/{u}", f"{UNIT_MARKERS}/{u}") for u in units))[unit]
     changed = text is not None and state["unit"] != want_unit
     if changed:
         staged = f"{STAGING}/{unit}"
@@ -305,7 +311,7 @@ def _san(name: str) -> str:
 @operation()
 def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_name: str,
                        names: tuple[str, ...], user: str, group: str, days: int = 365,
-                       renew_days: int = 30):
+                       renew_days: int = 30, batch: tuple[str, ...] = ()):
     """A server certificate signed by a CA whose key is on this host: (re)made when it is
     missing, expires within `renew_days`, names other hosts than `names`, does not verify
     against the CA, or does not match its key. The key is made anew with it, on the host,
@@ -318,6 +324,7 @@ def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_na
     + user, group: owner of both files (the service that presents them reads the key)
     + days: validity of a new certificate
     + renew_days: how long before expiry a re-apply renews it
+    + batch: paths (including both files) read with one fact, as for `directory`
     """
     sans = [_san(n) for n in dict.fromkeys(names)]
     want_sans = sorted(s.replace("IP:", "IPAddress:") for s in sans)
@@ -325,7 +332,7 @@ def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_na
     fresh = (state is not None and state["verifies"] and state["key_matches"]
              and state["sans"] == want_sans and state["end"] > time.time() + renew_days * 86400)
     if fresh:
-        files = fact_once(host, PathStates, paths=(cert, key))
+        files = fact_once(host, PathStates, paths=tuple(batch) or (cert, key))
         changes = [*_attributes(cert, files[cert], user, group, "644"),
                    *_attributes(key, files[key], user, group, "640")]
         if not changes:

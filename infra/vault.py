@@ -697,7 +697,8 @@ def _prune_at_run_time(state, host, vault: Session, prefix, keep) -> None:
 @operation()
 @_reported
 def vault_token_file(vault: Session, path: str, owner: str, group: str, role: str,
-                     policy: str, period_hours: int, record: str):
+                     policy: str, period_hours: int, record: str,
+                     batch: tuple[str, ...] = ()):
     """A token of token role `role` in a 0600 file on this host: issued when there is
     none, when the one there was revoked, expires within a third of its period, carries
     other policies, or the file no longer holds it; the replaced one is revoked.
@@ -709,11 +710,12 @@ def vault_token_file(vault: Session, path: str, owner: str, group: str, role: st
     + policy: the one policy the token must carry
     + period_hours: the role's period
     + record: a root-only file on this host holding the token's accessor and digest
+    + batch: paths (including both files) whose state is read in one fact, once per run
     """
     if _skip(vault, f"token {path}"):
         return
     recorded = _parse_record(fact_once(current_host, FileText, path=record))
-    files = fact_once(current_host, PathStates, paths=(path, record))
+    files = fact_once(current_host, PathStates, paths=tuple(batch) or (path, record))
     have = files.get(path)
     if vault.usable():
         why = token_health(vault.admin(), recorded.get("accessor"), policy, period_hours)

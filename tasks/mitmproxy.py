@@ -139,14 +139,16 @@ def orchestrator() -> None:
                     f"--check-config --config {q(TRAFFIC_CONFIG)}")
     upstream_digest = digest("".join(f"{n}:{digest(p.read_bytes())}"
                                      for n, p in sorted(upstream.items())))
+    units = ("autocode-mitmproxy.service", "autocode-traffic-shipper.service")
     systemd_unit(
-        name="autocode-mitmproxy.service", unit="autocode-mitmproxy.service",
+        name="autocode-mitmproxy.service", unit="autocode-mitmproxy.service", batch=units,
         text=render("mitmproxy/autocode-mitmproxy.service.j2", confdir=CONFDIR,
                     port=data.mitmproxy_port, **common),
         inputs={**inputs, "upstream CAs": upstream_digest},
         restart_when=(config_op, upstream_op), check_command=check_config)
     systemd_unit(
         name="autocode-traffic-shipper.service", unit="autocode-traffic-shipper.service",
+        batch=units,
         text=render("mitmproxy/autocode-traffic-shipper.service.j2", **common),
         inputs=inputs, restart_when=(config_op,), check_command=check_config)
 

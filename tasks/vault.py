@@ -353,7 +353,11 @@ def orchestrator() -> None:
             "Changing it needs a seal migration (README, 'Unattended unseal'), which the "
             "deploy does not do; set it back. Nothing was changed")
 
-    batch = (CONFDIR, f"{CONFDIR}/tls", "/usr/local/lib/autocode", RECORDS)
+    # Every path of this component's files and folders, read in one round trip.
+    backup_record = f"{RECORDS}/backup-token.json"
+    batch = (CONFDIR, f"{CONFDIR}/tls", "/usr/local/lib/autocode", RECORDS, CONFIG,
+             CHECK_SCRIPT, BACKUP_SCRIPT, RESTORE_SCRIPT, TLS_CERT, TLS_KEY, BACKUP_TOKEN,
+             backup_record)
     directory(name=f"Folder {CONFDIR}", path=CONFDIR, user="root", group=VAULT_USER,
               mode="750", batch=batch)
     directory(name=f"Folder {CONFDIR}/tls", path=f"{CONFDIR}/tls", user="root",
@@ -367,7 +371,7 @@ def orchestrator() -> None:
     cert = signed_certificate(
         name="Vault's TLS certificate", cert=TLS_CERT, key=TLS_KEY, ca_cert=platform_ca.CA_CERT,
         ca_key=platform_ca.CA_KEY, common_name=host.name, names=names, user="root",
-        group=VAULT_USER)
+        group=VAULT_USER, batch=batch)
     if unattended:
         made_once(name="Static seal key", path=STATIC_SEAL_KEY, user="root", group=VAULT_USER,
                   mode="640", command=f"umask 077 && openssl rand -out {q(STATIC_SEAL_KEY)} 32")
@@ -377,14 +381,15 @@ def orchestrator() -> None:
         audit_log=audit_log if kind.audit_in_config else None, mlock_setting=kind.mlock_setting,
         static_seal_key=STATIC_SEAL_KEY if unattended else None)
     config_op = file_content(name="Vault server configuration", path=CONFIG, text=config,
-                             user="root", group=VAULT_USER, mode="640")
+                             user="root", group=VAULT_USER, mode="640", batch=batch)
     env = kind.env_prefix
     common = dict(binary=binary, env=env, port=data.vault_port, ca=platform_ca.CA_CERT)
-    file_content(name="Vault configuration check", path=CHECK_SCRIPT, mode="755",
+    file_content(name="Vault configuration check", path=CHECK_SCRIPT, mode="755", batch=batch,
                  text=render("vault/check-config.sh.j2", config=CONFIG, cert=TLS_CERT,
                              key=TLS_KEY, user=VAULT_USER, **common))
+    units = (kind.unit, "autocode-vault-backup.service", "autocode-vault-backup.timer")
     unit = systemd_unit(
-        name=f"Unit {kind.unit}", unit=kind.unit,
+        name=f"Unit {kind.unit}", unit=kind.unit, batch=units,
         text=render("vault/vault.service.j2", config=CONFIG, user=VAULT_USER, **common),
         inputs={"config": digest(config), "binary": f"{data.secrets_server} {version}"},
         restart_when=(config_op, cert), check_command=CHECK_SCRIPT)
@@ -418,20 +423,22 @@ def orchestrator() -> None:
     vault_state.vault_token_file(
         name="Vault backup token", vault=vault, path=BACKUP_TOKEN, owner=VAULT_USER,
         group=VAULT_USER, role="autocode-backup", policy="autocode-backup",
-        period_hours=period, record=f"{RECORDS}/backup-token.json")
+        period_hours=period, record=backup_record, batch=batch)
 
-    file_content(name="Vault backup script", path=BACKUP_SCRIPT, mode="755",
+    file_content(name="Vault backup script", path=BACKUP_SCRIPT, mode="755", batch=batch,
                  text=render("vault/backup.sh.j2", token_file=BACKUP_TOKEN, backups=backups,
                              keep=data.vault_backup_keep, **common))
-    file_content(name="Vault restore script", path=RESTORE_SCRIPT, mode="755",
+    file_content(name="Vault restore script", path=RESTORE_SCRIPT, mode="755", batch=batch,
                  text=render("vault/restore.py.j2", unit=kind.unit, storage=storage,
                              user=VAULT_USER, port=data.vault_port, ca=platform_ca.CA_CERT,
                              recovery=unattended))
     systemd_unit(name="Unit autocode-vault-backup.service",
                  unit="autocode-vault-backup.service", running=False, enabled=False,
+                 batch=units,
                  text=render("vault/autocode-vault-backup.service.j2", script=BACKUP_SCRIPT,
                              user=VAULT_USER, backups=backups, unit=kind.unit))
     systemd_unit(name="Unit autocode-vault-backup.timer", unit="autocode-vault-backup.timer",
+                 batch=units,
                  text=render("vault/autocode-vault-backup.timer.j2",
                              calendar=data.vault_backup_calendar))
 
@@ -447,11 +454,13 @@ def worker() -> None:
         policies={role: vault_state.worker_policy(list(data.secret_paths))},
         roles={role: vault_state.token_role(role, period, [worker_bound_cidr(host)])},
         kv_mount=False)
+    record = f"{RECORDS}/agent-token.json"
+    batch = (WORKER_TOKEN, record, WORKER_ENV)
     vault_state.vault_token_file(
         name="Vault token for the agent", vault=vault, path=WORKER_TOKEN,
         owner=data.service_user, group=data.service_user, role=role, policy=role,
-        period_hours=period, record=f"{RECORDS}/agent-token.json")
-    file_content(name="Vault variables for agents", path=WORKER_ENV, mode="644",
+        period_hours=period, record=record, batch=batch)
+    file_content(name="Vault variables for agents", path=WORKER_ENV, mode="644", batch=batch,
                  text=render("vault/vault.env.j2",
                              addr=f"https://{orch.data.orchestrator_address}:"
                                   f"{orch.data.vault_port}",

@@ -151,3 +151,19 @@ def test_certificate_state_reads_expiry_names_chain_and_key(tmp_path):
     assert not other["verifies"] and not other["key_matches"]
     assert run_fact(CertificateState, cert=str(tmp_path / "none.crt"), key=paths["s.key"],
                     ca_cert=paths["ca.crt"]) is None
+
+
+def test_unit_states_reads_several_units_in_one_command(tmp_path):
+    from infra.facts import UnitStates
+
+    unit = tmp_path / "a.service"
+    unit.write_text("[Unit]\n")
+    marker = tmp_path / "a.marker"
+    marker.write_text("digest-a\n")
+    states = run_fact(UnitStates, units=(
+        ("autocode-no-such-a.service", str(unit), str(marker)),
+        ("autocode-no-such-b.service", str(tmp_path / "none"), str(tmp_path / "none"))))
+    a, b = states["autocode-no-such-a.service"], states["autocode-no-such-b.service"]
+    assert a["unit"] == hashlib.sha256(b"[Unit]\n").hexdigest() and a["started"] == "digest-a"
+    assert b["unit"] is None and b["started"] is None
+    assert a["active"] in ("inactive", "unknown", None)
