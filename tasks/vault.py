@@ -20,6 +20,7 @@ Where the two servers differ, the SERVERS table says so; nothing else branches o
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import stat
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def is_secret_path(value) -> bool:
     """A KV path that reaches a policy and an API URL as it is: no '..', glob, '//',
     leading '/' or control character."""
     return (isinstance(value, str) and bool(SECRET_PATH.match(value))
-            and ".." not in value.split("/"))
+            and not {".", ".."} & set(value.split("/")))
 DURATION_HOURS = (24, 24 * 366)
 
 
@@ -202,6 +203,14 @@ def check(problems: Problems, role: str, data) -> None:
     if role == "orchestrator":
         _check_seed(problems, data.get("vault_seed_file"))
     if role == "worker":
+        address = data.get("ssh_hostname")
+        try:
+            if address:  # a missing one is reported with the connection fields
+                ipaddress.ip_address(str(address))
+        except ValueError:
+            problems.add("address", f"{data.get('ssh_hostname')!r} is a name: Vault binds each "
+                         "worker's token to the worker's IP address (and the proxy names "
+                         "workers by it), so give the address as an IP")
         paths = data.get("secret_paths")
         if not isinstance(paths, list):
             problems.add("secret_paths", "must be a list of secret paths this worker's agent "

@@ -274,17 +274,20 @@ def _raw(bao, method, path, token, body=None):
 
 def _problems(role, **data):
     group = "orchestrator" if role == "orchestrator" else "workers"
-    merged = {**group_defaults(group), "worker_network": "10.0.1.0/24", **data}
+    merged = {**group_defaults(group), "worker_network": "10.0.1.0/24",
+              "ssh_hostname": "10.0.1.11", **data}
     return "\n".join(components.check_host("h", role, merged))
 
 
 def test_bad_secret_paths_are_named(tmp_path):
     for bad in ("../payments", "payments/../../sys", "crypto/TON\n", "/abs", "crypto/*",
-                "a//b", 7):
+                "a//b", "crypto/.", 7):
         text = _problems("worker", secret_paths=["crypto/TON", bad])
         assert "secret_paths:" in text and "no '..'" in text, bad
     assert _problems("worker", secret_paths="crypto/TON").count("secret_paths") == 1
     assert _problems("worker") == ""
+    assert "'h': address: 'w1.example' is a name" in _problems("worker",
+                                                                ssh_hostname="w1.example")
 
 
 def test_unknown_secrets_server_and_other_settings_are_named(tmp_path):
