@@ -3,6 +3,12 @@
     autocode-worker run    --config /etc/autocode/worker.yaml --task-file TASK.json
     autocode-worker serve  --config /etc/autocode/worker.yaml [--once] [--max-tasks N]
     autocode-worker budget --config /etc/autocode/worker.yaml [--json] [--write-report]
+    autocode-worker check  --config /etc/autocode/worker.yaml
+
+`run`, `serve` and `check` take --agent-type to run another agent than the file's (the
+Nomad job passes the client's ${meta.agent_type}). `check` validates the config and finds
+the agent's CLI, touching nothing: the deploy runs it on a new worker.yaml before putting
+it in place, so a bad value never reaches the running service.
 
 Exit status: 0 success; 1 the task failed, timed out or was interrupted; 2 bad usage,
 config or task file, or the agent CLI is not installed; 3 the daily budget is spent.
@@ -72,10 +78,16 @@ def _build_parser() -> argparse.ArgumentParser:
                          help=f"worker.yaml (default {DEFAULT_CONFIG_PATH})")
         return sub
 
-    run = with_config(commands.add_parser("run", help="run one task file and exit"))
+    def with_agent_type(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--agent-type", default=None, metavar="TYPE",
+                         help="agent to run instead of the config's agent_type "
+                              f"({', '.join(sorted(AgentFactory.AGENTS))})")
+        return with_config(sub)
+
+    run = with_agent_type(commands.add_parser("run", help="run one task file and exit"))
     run.add_argument("--task-file", type=Path, required=True, help="task JSON file")
 
-    serve = with_config(commands.add_parser("serve", help="run tasks from the inbox directory"))
+    serve = with_agent_type(commands.add_parser("serve", help="run tasks from the inbox directory"))
     serve.add_argument("--once", action="store_true",
                        help="stop when the inbox is empty instead of waiting for more")
     serve.add_argument("--max-tasks", type=int, default=None, help="stop after N tasks")
@@ -86,17 +98,25 @@ def _build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true", help="print JSON")
     budget.add_argument("--write-report", action="store_true",
                         help="also write today's JSON and CSV reports to financial/reports")
+
+    with_agent_type(commands.add_parser(
+        "check", help="validate the config and find the agent CLI; change nothing"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        config = load_worker_config(args.config)
+        config = load_worker_config(args.config, environ=dict(os.environ),
+                                    agent_type=getattr(args, "agent_type", None))
     except ConfigError as exc:
         print(f"autocode-worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging("worker", config.logs_root, config.worker_id, config.project_id)
+    if args.command == "check":
+        return _check(config)
+    # logs/workers: the seed's folder for worker logs, the one shipped from every worker.
+    configure_logging("worker", config.logs_root, config.worker_id, config.project_id,
+                      folder="workers")
     ledger = BudgetLedger.for_data_root(config.data_root, config.timezone)
     try:
         if args.command == "budget":
@@ -115,6 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         ledger.close()
+
+
+# -- check ----------------------------------------------------------------------------
+
+def _check(config: WorkerConfig) -> int:
+    # No ledger, no logs, no folders: a check must leave the host as it found it.
+    agent = AgentFactory.create_agent(config.agent_type, config.agent_config(),
+                                      BudgetLedger.in_memory())
+    try:
+        binary = agent.resolve_binary()
+    except AgentBinaryNotFoundError as exc:
+        print(f"autocode-worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"ok: worker {config.worker_id}, agent {config.agent_type} ({binary}), daily budget "
+          f"{config.daily_budget_usd} USD")
+    return EXIT_OK
 
 
 # -- budget ----------------------------------------------------------------------------

@@ -24,6 +24,13 @@ Optional (default):
   agent_binaries:     {}                    per agent type, a command name or full path,
                                             e.g. {claude-code: /usr/local/bin/claude}
   agent_extra_args:   []                    extra arguments for the agent CLI
+  orchestrator_url:   (none)                http(s) URL of the orchestrator
+  vault_addr:         (none)                https URL of Vault, when the secrets component
+                                            is deployed; vault_cacert: the CA file to trust
+
+The environment overrides three of them, as the Nomad job and the systemd unit set them:
+DAILY_BUDGET (daily_budget_usd), PROJECT_ID (project_id), ORCHESTRATOR_URL
+(orchestrator_url); they are checked like the file's values.
 
 Unknown keys are errors (a typo must not silently fall back to a default).
 
@@ -60,7 +67,12 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` admi
 
 
 class ConfigError(ValueError):
-    """Invalid worker.yaml; the message lists every problem with its fix."""
+    """Invalid worker.yaml; the message lists every problem with its fix, and `problems`
+    holds them as (setting, text) pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class TaskFileError(ValueError):
@@ -88,6 +100,9 @@ class WorkerConfig:
     logs_root: Path = Path()
     agent_binaries: dict[str, str] = field(default_factory=dict)
     agent_extra_args: tuple[str, ...] = ()
+    orchestrator_url: str | None = None
+    vault_addr: str | None = None
+    vault_cacert: Path | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -124,9 +139,15 @@ class WorkerConfig:
 
 _REQUIRED = ("worker_id", "project_id", "agent_type", "daily_budget_usd")
 _KNOWN = set(WorkerConfig.__dataclass_fields__)
+# Variables that override a setting of the file (the seed's job and unit set them).
+ENV_OVERRIDES = {"DAILY_BUDGET": "daily_budget_usd", "PROJECT_ID": "project_id",
+                 "ORCHESTRATOR_URL": "orchestrator_url"}
 
 
-def load_worker_config(path: Path | str) -> WorkerConfig:
+def load_worker_config(path: Path | str, environ: dict[str, str] | None = None,
+                       agent_type: str | None = None) -> WorkerConfig:
+    """Read and check worker.yaml; `environ` values of ENV_OVERRIDES and an explicit
+    `agent_type` (the CLI's --agent-type) take precedence over the file's."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -140,15 +161,29 @@ def load_worker_config(path: Path | str) -> WorkerConfig:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return parse_worker_config(raw, source=str(path))
+    origins = {}
+    for variable, name in ENV_OVERRIDES.items():
+        if (environ or {}).get(variable):
+            raw[name], origins[name] = environ[variable], f"environment variable {variable}"
+    if agent_type is not None:
+        raw["agent_type"], origins["agent_type"] = agent_type, "--agent-type"
+    return parse_worker_config(raw, source=str(path), origins=origins)
 
 
-def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> WorkerConfig:
+def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
+                        origins: dict[str, str] | None = None,
+                        on_host: bool = True) -> WorkerConfig:
+    """Check every setting; `origins` names where an overridden setting came from.
+    Off the host (`on_host` False: the deploy checking a file before sending it), the
+    folders and files it names are not looked for."""
     problems: list[str] = []
+    pairs: list[tuple[str, str]] = []
     values: dict[str, Any] = {}
 
     def problem(name: str, text: str) -> None:
-        problems.append(f"{name}: {text}")
+        origin = (origins or {}).get(name)
+        problems.append(f"{name}{f' (from {origin})' if origin else ''}: {text}")
+        pairs.append((name, text))
 
     for name in sorted(set(raw) - _KNOWN):
         problem(str(name), f"unknown setting; valid settings: {', '.join(sorted(_KNOWN))}")
@@ -180,7 +215,7 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> Wor
     data_root = Path(str(raw.get("data_root") or DEFAULT_DATA_ROOT))
     if not data_root.is_absolute():
         problem("data_root", f"{data_root} must be an absolute path")
-    elif not data_root.is_dir():
+    elif on_host and not data_root.is_dir():
         problem("data_root", f"{data_root} does not exist; create it (the deploy does) "
                              "or point data_root at an existing directory")
     values["data_root"] = data_root
@@ -203,10 +238,28 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> Wor
         values["model_name"] = str(raw["model_name"])
     if raw.get("model_api_key_file") is not None:
         key_file = Path(str(raw["model_api_key_file"]))
-        if not key_file.is_file():
+        if on_host and not key_file.is_file():
             problem("model_api_key_file", f"{key_file} does not exist; create it or remove "
                                           "the setting")
         values["model_api_key_file"] = key_file
+
+    for name, schemes, example in (("orchestrator_url", ("http", "https"), "http://10.0.1.1"),
+                                   ("vault_addr", ("https",), "https://10.0.1.1:8200")):
+        if raw.get(name) is not None:
+            parsed = urlparse(str(raw[name]))
+            if parsed.scheme not in schemes or not parsed.netloc:
+                problem(name, f"{raw[name]!r} is not a {' or '.join(schemes)} URL; write e.g. "
+                              f"{example}")
+            values[name] = str(raw[name])
+    if raw.get("vault_cacert") is not None:
+        cacert = Path(str(raw["vault_cacert"]))
+        if on_host and not cacert.is_file():
+            problem("vault_cacert", f"{cacert} does not exist; deploy the platform CA or "
+                                    "remove the setting")
+        values["vault_cacert"] = cacert
+    if raw.get("vault_addr") is not None and raw.get("vault_cacert") is None:
+        problem("vault_cacert", "required with vault_addr: the CA that signed Vault's "
+                                "certificate")
 
     for name, kind, zero_ok in (("task_timeout_s", float, False), ("kill_grace_s", float, True),
                                 ("max_turns", int, False), ("max_output_mb", int, False),
@@ -233,7 +286,7 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> Wor
                                               f"{', '.join(sorted(AgentFactory.AGENTS))}")
         elif not isinstance(command, str) or not command:
             problem(f"agent_binaries.{kind}", "must be a command name or an absolute path")
-        elif "/" in command and not Path(command).is_file():
+        elif on_host and "/" in command and not Path(command).is_file():
             problem(f"agent_binaries.{kind}", f"{command} does not exist; install the agent "
                                               "or fix the path")
     values["agent_binaries"] = {str(k): str(v) for k, v in binaries.items()}
@@ -249,7 +302,7 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml") -> Wor
             problem(name, f"{raw[name]} must be an absolute path")
 
     if problems:
-        raise ConfigError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"{source} is invalid:\n  - " + "\n  - ".join(problems), pairs)
 
     artifacts = Path(str(raw.get("artifacts_dir") or
                          data_root / "worker-artifacts" / values["worker_id"]))

@@ -37,10 +37,12 @@ def configure_logging(
     project_id: str | None = None,
     console: bool = True,
     level: str = "INFO",
+    folder: str | None = None,
 ) -> Path:
-    """Install the console and JSON file sinks; return the file sink's directory."""
+    """Install the console and JSON file sinks; return the file sink's directory,
+    `folder` (default: the component's name) under logs_root."""
     global _default_sink_removed
-    log_dir = Path(logs_root) / component
+    log_dir = Path(logs_root) / (folder or component)
     log_dir.mkdir(parents=True, exist_ok=True)
     with _lock:
         for handler_id in _our_handler_ids:

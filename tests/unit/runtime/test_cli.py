@@ -118,7 +118,7 @@ def test_run_success_writes_result_charges_and_logs(worker, tmp_path):
     text = worker.run("budget")
     assert "spent 0.5 of 10 USD, remaining 9.5 USD" in text.stdout
 
-    (log_file,) = (worker.root / "logs" / "worker").glob("worker_*.log")
+    (log_file,) = (worker.root / "logs" / "workers").glob("worker_*.log")
     records = [json.loads(line)["record"] for line in log_file.read_text().splitlines()]
     assert any("task t1 finished: status=succeeded" in r["message"] for r in records)
     assert all(r["extra"]["worker_id"] == "worker-1" for r in records)
@@ -241,3 +241,33 @@ def test_sigterm_mid_task_kills_the_agent_and_exits(worker):
     _wait_for(lambda: pid_is_gone(agent_pid), 5)
     assert worker.run("serve", "--once").returncode == 0
     assert worker.result("hang")["result"]["status"] == "interrupted"
+
+
+def test_check_validates_config_and_finds_the_agent_cli_without_touching_anything(worker):
+    out = worker.run("check")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok: worker worker-1, agent claude-code (")
+    # A check leaves no ledger, log or folder behind (it runs on files not yet in place).
+    assert sorted(p.name for p in worker.root.iterdir()) == []
+    missing = worker.run("check", "--agent-type", "aider")
+    assert missing.returncode == 2 and "aider: command 'aider' not found" in missing.stderr
+    worker.write_config(max_turns=0)
+    bad = worker.run("check")
+    assert bad.returncode == 2 and "max_turns: 0 is not valid" in bad.stderr
+
+
+def test_environment_and_agent_type_override_the_file_and_are_checked(worker, tmp_path):
+    out = worker.run("check", env=worker.env(DAILY_BUDGET="3.5", PROJECT_ID="other",
+                                             ORCHESTRATOR_URL="http://10.0.1.1"))
+    assert out.returncode == 0, out.stderr
+    assert "daily budget 3.5 USD" in out.stdout
+    bad = worker.run("check", env=worker.env(DAILY_BUDGET="-1"))
+    assert bad.returncode == 2
+    assert "daily_budget_usd (from environment variable DAILY_BUDGET): '-1'" in bad.stderr
+    wrong = worker.run("serve", "--once", "--agent-type", "codex")
+    assert wrong.returncode == 2 and "agent_type (from --agent-type): unknown" in wrong.stderr
+    task = worker.task_file("t2.json", {"prompt": "x"}, tmp_path)
+    ran = worker.run("run", "--task-file", str(task), env=worker.env(DAILY_BUDGET="0.25"))
+    # The budget the environment gives is the one the CLI gets as its cap.
+    argv = worker.calls()[-1]["argv"]
+    assert ran.returncode == 0 and argv[argv.index("--max-budget-usd") + 1] == "0.2500"
