@@ -18,17 +18,22 @@ class QwenCoderAgent(HeadlessCliAgent):
     (OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL). Its JSON output is an array of
     events; the last element of type `result` carries usage, turns and session id. A cost
     is taken only if that element reports total_cost_usd; otherwise the spend is known
-    only from metering."""
+    only from metering. Tools run without prompts (--approval-mode yolo: run agents as an
+    unprivileged user), turns are capped with --max-session-turns, and usage statistics
+    (sent to Alibaba Cloud) and telemetry are switched off."""
 
     kind = "qwen-coder"
     default_binary = "qwen"
     install_hint = "the npm package @qwen-code/qwen-code (npm install -g @qwen-code/qwen-code)"
 
     def build_args(self, ctx: RunContext) -> list[str]:
-        return ["-p", ctx.task.prompt, "--output-format", "json"]
+        return ["-p", ctx.task.prompt, "--output-format", "json",
+                "--approval-mode", "yolo", "--auth-type", "openai",
+                "--max-session-turns", str(ctx.max_turns)]
 
     def build_env(self, ctx: RunContext) -> dict[str, str]:
-        env = {}
+        env = {"QWEN_USAGE_STATISTICS_ENABLED": "false", "QWEN_TELEMETRY_ENABLED": "false",
+               "QWEN_CODE_SUPPRESS_YOLO_WARNING": "1"}
         if self.config.model_endpoint:
             env["OPENAI_BASE_URL"] = self.config.model_endpoint
         if self.config.model_name:

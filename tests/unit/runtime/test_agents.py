@@ -62,8 +62,19 @@ def test_claude_success_reads_cost_and_passes_budget_flags(tmp_path, agent_confi
     assert argv[:4] == ["-p", "fix the bug", "--output-format", "json"]
     assert argv[argv.index("--max-turns") + 1] == "50"
     assert argv[argv.index("--max-budget-usd") + 1] == "10.0000"
-    assert call["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9/v1"
-    assert "VAULT_TOKEN" not in call["env"]
+    # -p runs deny edits and commands unless a permission mode allows them
+    assert argv[argv.index("--permission-mode") + 1] == "bypassPermissions"
+    env = call["env"]
+    # the SDK appends /v1/messages itself, so it gets the endpoint's root
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    for alias in ("ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+                  "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL",
+                  "ANTHROPIC_SMALL_FAST_MODEL", "CLAUDE_CODE_SUBAGENT_MODEL"):
+        assert env[alias] == "qwen-test"
+    assert "VAULT_TOKEN" not in env
+    # No key file: a placeholder, or the CLI stops at "Not logged in" before any call.
+    assert env["ANTHROPIC_API_KEY"] == "none"
     assert ledger.spent() == Decimal("0.0123")
 
     # The next task gets what is left of today's budget as its cap.
@@ -81,6 +92,30 @@ def test_claude_cap_is_the_smaller_of_task_limit_and_remaining(tmp_path, agent_c
     argv = read_records(record_file)[0]["argv"]
     assert argv[argv.index("--max-budget-usd") + 1] == "2.5000"
     assert argv[argv.index("--max-turns") + 1] == "7"
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("https://internet.lab/v1", "https://internet.lab"),
+    ("https://internet.lab/v1/", "https://internet.lab"),
+    ("http://10.0.0.1:8000", "http://10.0.0.1:8000"),
+    ("https://gw.example/anthropic/v1", "https://gw.example/anthropic"),
+    ("https://gw.example/v10", "https://gw.example/v10"),
+])
+def test_claude_base_url_is_the_endpoint_root(endpoint, expected):
+    from autocode.agents.claude_code import anthropic_base_url
+
+    assert anthropic_base_url(endpoint) == expected
+
+
+def test_claude_permission_mode_can_be_overridden_by_extra_args(tmp_path, agent_config_for,
+                                                                record_file):
+    binary = make_standin(tmp_path / "bin", "claude", CLAUDE_SUCCESS)
+    config = agent_config_for(binary_path=str(binary),
+                              extra_args=("--permission-mode", "acceptEdits"))
+    ClaudeCodeAgent(config).execute_task(Task("t1", "p"))
+    argv = read_records(record_file)[0]["argv"]
+    # the CLI takes the last occurrence
+    assert argv[-2:] == ["--permission-mode", "acceptEdits"]
 
 
 def test_claude_found_first_on_path(tmp_path, agent_config_for, record_file, monkeypatch):
@@ -206,10 +241,19 @@ def test_aider_reads_cost_and_tokens_from_analytics_log(tmp_path, agent_config_f
     argv = call["argv"][1:]
     assert argv[:2] == ["--message", "add a test"]
     for flag in ("--yes-always", "--no-auto-commits", "--no-check-update",
-                 "--analytics-disable"):
+                 "--analytics-disable", "--no-gitignore", "--no-show-release-notes",
+                 "--no-show-model-warnings", "--no-detect-urls", "--no-pretty",
+                 "--no-fancy-input"):
         assert flag in argv
     assert argv[argv.index("--model") + 1] == "openai/qwen-test"
     assert argv[argv.index("--openai-api-base") + 1] == "http://127.0.0.1:9/v1"
+    # histories in the run folder, not the repository
+    for flag in ("--chat-history-file", "--input-history-file"):
+        assert argv[argv.index(flag) + 1].startswith(str(result.logs_path))
+    # the model's metadata from a file, so Aider does not fetch a price list from GitHub
+    metadata = json.loads(open(argv[argv.index("--model-metadata-file") + 1]).read())
+    assert metadata["openai/qwen-test"]["litellm_provider"] == "openai"
+    assert call["env"]["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert call["env"]["OPENAI_API_KEY"] == "sk-model-key-123"
     assert "sk-model-key-123" not in " ".join(argv)
     assert ledger.spent() == Decimal("0.005")
@@ -220,6 +264,21 @@ def test_aider_malformed_analytics_log_is_a_failure(tmp_path, agent_config_for, 
     binary = make_standin(tmp_path / "bin", "aider", AIDER_STANDIN)
     result = AiderAgent(agent_config_for(binary_path=str(binary))).execute_task(Task("t", "p"))
     assert result.status == FAILED and "analytics log line 4" in result.error
+
+
+def test_aider_without_a_successful_model_call_is_a_failure(tmp_path, agent_config_for):
+    # What aider 0.86 does when the endpoint's certificate is not trusted: it retries,
+    # prints the error and exits 0, with no message_send event in its analytics log.
+    binary = make_standin(tmp_path / "bin", "aider", """
+        log = sys.argv[sys.argv.index("--analytics-log") + 1]
+        with open(log, "w") as handle:
+            handle.write(json.dumps({"event": "launched", "properties": {}}) + "\\n")
+            handle.write(json.dumps({"event": "message_send_starting", "properties": {}}) + "\\n")
+        print("litellm.InternalServerError: OpenAIException - Connection error.")
+    """)
+    result = AiderAgent(agent_config_for(binary_path=str(binary))).execute_task(Task("t", "p"))
+    assert result.status == FAILED and result.exit_code == 0
+    assert "no successful model call" in result.error and "Connection error" in result.error
 
 
 def test_aider_without_analytics_log_is_a_failure(tmp_path, agent_config_for):
@@ -252,8 +311,12 @@ def test_qwen_reads_final_result_element(tmp_path, agent_config_for, record_file
     assert result.cost_usd is None  # no cost in the output: metering is the only source
     assert ledger.charges() == []
     (call,) = read_records(record_file)
-    assert call["argv"][1:] == ["-p", "make tests pass", "--output-format", "json"]
+    assert call["argv"][1:] == ["-p", "make tests pass", "--output-format", "json",
+                                "--approval-mode", "yolo", "--auth-type", "openai",
+                                "--max-session-turns", "50"]
     env = call["env"]
+    assert env["QWEN_USAGE_STATISTICS_ENABLED"] == "false"
+    assert env["QWEN_TELEMETRY_ENABLED"] == "false"
     assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1"
     assert env["OPENAI_MODEL"] == "qwen-test" and env["OPENAI_API_KEY"]
 
@@ -292,3 +355,18 @@ def test_report_spending_for_cost_reporting_agent(agent_config_for):
     report = ClaudeCodeAgent(agent_config_for()).report_spending()
     assert report["cost_source"] == "agent-reported" and "note" not in report
     assert json.loads(json.dumps(report))["daily_budget_usd"] == "10"
+
+
+def test_claude_key_comes_from_the_key_file_or_the_service_environment(
+        tmp_path, agent_config_for, record_file, monkeypatch):
+    binary = make_standin(tmp_path / "bin", "claude", CLAUDE_SUCCESS)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "from-the-unit")
+    ClaudeCodeAgent(agent_config_for(binary_path=str(binary))).execute_task(Task("t1", "x"))
+    key_file = tmp_path / "key"
+    key_file.write_text("from-the-file\n")
+    ClaudeCodeAgent(agent_config_for(binary_path=str(binary), api_key_file=key_file)
+                    ).execute_task(Task("t2", "x"))
+    first, second = read_records(record_file)
+    assert first["env"]["ANTHROPIC_API_KEY"] == "from-the-unit"
+    assert second["env"]["ANTHROPIC_API_KEY"] == "from-the-file"
+    assert "from-the-file" not in " ".join(second["argv"])
