@@ -20,9 +20,11 @@ from .network import reset_for_cold_boot
 from .sh import LabError, run
 
 FIXTURE_SERVER = Path(__file__).resolve().parent / "fixtures" / "internet_server.py"
+# Imported by internet_server.py from its own folder: the LLM API under /v1.
+FIXTURE_MODULES = (Path(__file__).resolve().parent / "fixtures" / "llm_api.py",)
 FIXTURE_UNIT = """\
 [Unit]
-Description=lab internet fixture: HTTP, HTTPS, TCP, UDP and DNS servers
+Description=lab internet fixture: HTTP, HTTPS (with an LLM API), TCP, UDP and DNS servers
 After=network.target
 
 [Service]
@@ -43,6 +45,8 @@ def install_internet_fixture(cfg: LabConfig, m: Machine, tls) -> None:
     dest = root / "opt/lab-internet"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "internet_server.py").write_bytes(FIXTURE_SERVER.read_bytes())
+    for module in FIXTURE_MODULES:
+        (dest / module.name).write_bytes(module.read_bytes())
     (dest / "server.crt").write_bytes(tls.server_cert.read_bytes())
     (dest / "server.key").write_bytes(tls.server_key.read_bytes())
     (dest / "server.key").chmod(0o600)
