@@ -245,7 +245,8 @@ def _copy_between_hosts(state, host, source, source_path, path, user, group, mod
 @operation()
 def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] | None = None,
                  restart_when: tuple = (), check_command: str | None = None,
-                 enabled: bool = True, running: bool = True, batch: tuple[str, ...] = ()):
+                 enabled: bool = True, running: bool = True, batch: tuple[str, ...] = (),
+                 settle_s: int = 0):
     """A systemd unit: its file written (after `systemd-analyze verify` passed on it) when
     `text` is given, systemd reloaded when it changed, the unit enabled and running, and
     restarted whenever it or any of its inputs changed since it was last (re)started here.
@@ -264,6 +265,9 @@ def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] |
     + enabled, running: wanted states
     + batch: units (including this one) whose state is read in one fact, once per run;
       each of them must be changed only by its own call
+    + settle_s: after a (re)start, seconds after which the unit must still be active: a
+      service that dies at start (and Restart= would retry for ever) fails the deploy
+      with its last journal lines
     """
     path = f"{UNIT_DIR}/{unit}"
     marker = f"{UNIT_MARKERS}/{unit}"
@@ -293,11 +297,16 @@ def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] |
         yield check_command
     if restart:
         yield f"systemctl restart {q(unit)}"
-        yield (f"install -d -m 700 {UNIT_MARKERS} && "
-               f"printf '%s\\n' {q(want_started)} > {q(marker)}")
     elif start:
         yield f"systemctl start {q(unit)}"
-    elif not changed and (not enabled or state["enabled"] == "enabled"):
+    if (restart or start) and settle_s:
+        yield (f"sleep {int(settle_s)}; systemctl is-active --quiet {q(unit)} || {{ echo "
+               f"{q(f'{unit} did not stay up after its start; its journal:')} >&2; "
+               f"journalctl -u {q(unit)} -n 20 --no-pager -o cat >&2; exit 1; }}")
+    if restart:  # recorded once it is up: a start that failed is tried again next time
+        yield (f"install -d -m 700 {UNIT_MARKERS} && "
+               f"printf '%s\\n' {q(want_started)} > {q(marker)}")
+    elif not start and not changed and (not enabled or state["enabled"] == "enabled"):
         host.noop(f"{unit} is as wanted")
 
 
@@ -327,33 +336,104 @@ def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_na
     + batch: paths (including both files) read with one fact, as for `directory`
     """
     sans = [_san(n) for n in dict.fromkeys(names)]
+    if (yield from _certificate_kept(cert, key, ca_cert, names, sans, user, group,
+                                     renew_days, batch)):
+        return
+    new_key, new_cert, csr, ext = (f"{key}.autocode-new", f"{cert}.autocode-new",
+                                   f"{cert}.csr", f"{cert}.ext")
+    yield _new_key_and_request(new_key, csr, common_name, sans)
+    yield f"printf {q(_EXTENSIONS)} > {q(ext)}"
+    yield (f"openssl x509 -req -in {q(csr)} -CA {q(ca_cert)} -CAkey {q(ca_key)} "
+           f"-set_serial 0x$(openssl rand -hex 16) -days {int(days)} -copy_extensions copy "
+           f"-extfile {q(ext)} -out {q(new_cert)} 2>/dev/null")
+    yield from _install_certificate(cert, key, new_cert, new_key, (csr, ext), user, group)
+
+
+_EXTENSIONS = ("basicConstraints=critical,CA:FALSE\n"
+               "keyUsage=critical,digitalSignature,keyEncipherment\n"
+               "extendedKeyUsage=serverAuth,clientAuth\n")
+
+
+def _certificate_kept(cert, key, ca_cert, names, sans, user, group, renew_days, batch):
+    """True (after yielding any owner or mode fixes) when the certificate here is valid for
+    exactly these names, verifies against the CA, matches its key and is not due."""
     want_sans = sorted(s.replace("IP:", "IPAddress:") for s in sans)
     state = host.get_fact(CertificateState, cert=cert, key=key, ca_cert=ca_cert)
     fresh = (state is not None and state["verifies"] and state["key_matches"]
              and state["sans"] == want_sans and state["end"] > time.time() + renew_days * 86400)
-    if fresh:
-        files = fact_once(host, PathStates, paths=tuple(batch) or (cert, key))
-        changes = [*_attributes(cert, files[cert], user, group, "644"),
-                   *_attributes(key, files[key], user, group, "640")]
-        if not changes:
-            host.noop(f"{cert} is valid for {', '.join(names)} and not due for renewal")
-        yield from changes
-        return
-    new_key, new_cert, csr, ext = (f"{key}.autocode-new", f"{cert}.autocode-new",
-                                   f"{cert}.csr", f"{cert}.ext")
-    extensions = ("basicConstraints=critical,CA:FALSE\n"
-                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                  "extendedKeyUsage=serverAuth,clientAuth\n")
-    yield (f"umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
-           f"-nodes -keyout {q(new_key)} -out {q(csr)} -subj {q('/CN=' + common_name)} "
-           f"-addext {q('subjectAltName=' + ','.join(sans))} 2>/dev/null")
-    yield f"printf {q(extensions)} > {q(ext)}"
-    yield (f"openssl x509 -req -in {q(csr)} -CA {q(ca_cert)} -CAkey {q(ca_key)} "
-           f"-set_serial 0x$(openssl rand -hex 16) -days {int(days)} -copy_extensions copy "
-           f"-extfile {q(ext)} -out {q(new_cert)} 2>/dev/null")
+    if not fresh:
+        return False
+    files = fact_once(host, PathStates, paths=tuple(batch) or (cert, key))
+    changes = [*_attributes(cert, files[cert], user, group, "644"),
+               *_attributes(key, files[key], user, group, "640")]
+    if not changes:
+        host.noop(f"{cert} is valid for {', '.join(names)} and not due for renewal")
+    yield from changes
+    return True
+
+
+def _new_key_and_request(new_key: str, csr: str, common_name: str, sans: list[str]) -> str:
+    return (f"umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+            f"-nodes -keyout {q(new_key)} -out {q(csr)} -subj {q('/CN=' + common_name)} "
+            f"-addext {q('subjectAltName=' + ','.join(sans))} 2>/dev/null")
+
+
+def _install_certificate(cert, key, new_cert, new_key, leftovers, user, group):
     yield (f"chown {q(user)}:{q(group)} {q(new_key)} {q(new_cert)} && chmod 640 {q(new_key)} "
            f"&& chmod 644 {q(new_cert)}")
-    yield f"mv -f {q(new_key)} {q(key)} && mv -f {q(new_cert)} {q(cert)} && rm -f {q(csr)} {q(ext)}"
+    yield (f"mv -f {q(new_key)} {q(key)} && mv -f {q(new_cert)} {q(cert)} && "
+           f"rm -f {' '.join(q(p) for p in leftovers)}")
+
+
+@operation()
+def certificate_signed_on_host(signer: str, signer_ca_cert: str, signer_ca_key: str,
+                               cert: str, key: str, ca_cert: str, common_name: str,
+                               names: tuple[str, ...], user: str, group: str, days: int = 365,
+                               renew_days: int = 30, batch: tuple[str, ...] = ()):
+    """A certificate for this host signed by a CA whose key is on another host of the
+    inventory (the platform CA on the orchestrator), (re)made when `signed_certificate`
+    would. The key is made here and never leaves this host: only the signing request goes
+    to the signer and only the certificate comes back.
+
+    + signer: the inventory name of the host with the CA key
+    + signer_ca_cert, signer_ca_key: the CA's certificate and key on the signer
+    + cert, key: where they live here; the key is 0640 owner `user`, group `group`
+    + ca_cert: the CA certificate as this host has it, to check the certificate against
+    + common_name, names, user, group, days, renew_days, batch: as for signed_certificate
+    """
+    sans = [_san(n) for n in dict.fromkeys(names)]
+    if (yield from _certificate_kept(cert, key, ca_cert, names, sans, user, group,
+                                     renew_days, batch)):
+        return
+    new_key, new_cert, csr = f"{key}.autocode-new", f"{cert}.autocode-new", f"{cert}.csr"
+    yield _new_key_and_request(new_key, csr, common_name, sans)
+    yield FunctionCommand(_sign_on_host, (signer, signer_ca_cert, signer_ca_key, csr, new_cert,
+                                          int(days)), {})
+    yield from _install_certificate(cert, key, new_cert, new_key, (csr,), user, group)
+
+
+def _sign_on_host(state, host, signer, ca_cert, ca_key, csr, new_cert, days) -> None:
+    signer_host = state.inventory.get_host(signer)
+    ok, output = host.run_shell_command(f"cat -- {q(csr)}")
+    request = "\n".join(output.stdout_lines).strip() + "\n" if ok else ""
+    if "CERTIFICATE REQUEST" not in request:
+        raise OperationError(f"could not read the signing request {csr} on {host.name}")
+    # Named after the requesting host: signers of several hosts never mix them up.
+    staged = f"{STAGING}/{host.name}"
+    ok, _ = signer_host.run_shell_command(f"install -d -m 700 {STAGING}")
+    if not ok or not signer_host.put_file(StringIO(request), f"{staged}.csr"):
+        raise OperationError(f"could not send {host.name}'s signing request to {signer}")
+    ok, output = signer_host.run_shell_command(
+        f"printf {q(_EXTENSIONS)} > {q(staged + '.ext')} && "
+        f"openssl x509 -req -in {q(staged + '.csr')} -CA {q(ca_cert)} -CAkey {q(ca_key)} "
+        f"-set_serial 0x$(openssl rand -hex 16) -days {int(days)} -copy_extensions copy "
+        f"-extfile {q(staged + '.ext')} 2>/dev/null; "
+        f"status=$?; rm -f {q(staged + '.csr')} {q(staged + '.ext')}; exit $status")
+    signed = "\n".join(output.stdout_lines).strip() + "\n" if ok else ""
+    if "BEGIN CERTIFICATE" not in signed:
+        raise OperationError(f"{signer} could not sign {host.name}'s certificate request")
+    if not host.put_file(StringIO(signed), new_cert):
+        raise OperationError(f"could not write {new_cert} on {host.name}")
 
 
 @operation()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,21 @@ def check_connection(problems: Problems, data: dict[str, Any]) -> None:
     if known is not None and not Path(str(known)).expanduser().is_file():
         problems.add("ssh.known_hosts", f"known_hosts file {known} does not exist; create "
                      "it with ssh-keyscan from a trusted network, or drop the field")
+
+
+def check_private_file(problems: Problems, field: str, value: Any) -> bool:
+    """True when `value` names a control-machine file only its owner may read."""
+    if not isinstance(value, str) or not value:
+        problems.add(field, f"{value!r} is not a path on the control machine")
+        return False
+    path = Path(value).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        problems.add(field, f"{path} cannot be read on the control machine; fix the path")
+        return False
+    if mode & 0o077:
+        problems.add(field, f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}); it "
+                     "holds secrets: chmod 600 it")
+        return False
+    return True

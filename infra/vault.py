@@ -22,7 +22,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from io import StringIO
@@ -33,6 +32,7 @@ import yaml
 from pyinfra import host as current_host
 from pyinfra.api import FunctionCommand, OperationError, operation
 
+from . import keys_file
 from .facts import FileText, PathStates, fact_once, q
 from .vault_api import VaultAPI, VaultAPIError
 
@@ -79,53 +79,14 @@ class VaultSetupError(OperationError):
 # -- the keys file on the control machine ---------------------------------------------------
 
 
-class KeysFile:
+class KeysFile(keys_file.KeysFile):
     """Unseal (or recovery) keys, the root token until the deploy's admin token replaces it,
     and that admin token: JSON, 0600, on the control machine only."""
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path).expanduser()
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        if st.st_mode & 0o077:
-            raise VaultSetupError(
-                f"vault_keys_file: {self.path} is open to other users (mode "
-                f"{st.st_mode & 0o777:04o}); it holds Vault's unseal keys: chmod 600 it, and "
-                "rekey Vault if anyone else may have read it")
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise VaultSetupError(f"vault_keys_file: {self.path} cannot be read as JSON "
-                                  f"({type(exc).__name__}); restore it from your copy") from None
-        if not isinstance(doc, dict):
-            raise VaultSetupError(f"vault_keys_file: {self.path} is not a JSON object")
-        return doc
-
-    def save(self, doc: dict[str, Any]) -> None:
-        """Atomically, 0600 from the first byte, flushed to disk before it replaces the
-        old file: losing these keys loses every secret."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staged = self.path.with_name(self.path.name + ".new")
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(staged, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    field = "vault_keys_file"
+    holds = "Vault's unseal keys"
+    if_read = ", and rekey Vault if anyone else may have read it"
+    error = VaultSetupError
 
 
 # -- lifecycle over the API -----------------------------------------------------------------

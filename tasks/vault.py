@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pyinfra import host, inventory
 from pyinfra.api import deploy
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, server
 
+from infra import hashicorp
 from infra import vault as vault_state
 from infra.component import Component
 from infra.facts import FileText, PathStates, q
@@ -45,7 +44,7 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_bool, is_number, is_port
+from infra.validation import Problems, check_bool, check_private_file, is_number, is_port
 from tasks import platform_ca, runtime
 
 VAULT_USER = "vault"
@@ -63,8 +62,6 @@ RECORDS = "/var/lib/autocode-deploy/vault"
 # On workers: SecretManager's default token file, and the variables pointing it at Vault.
 WORKER_TOKEN = "/etc/autocode/vault-token"
 WORKER_ENV = "/etc/autocode/vault.env"
-HASHICORP_KEYRING = "/usr/share/keyrings/hashicorp-archive-keyring.gpg"
-HASHICORP_SOURCES = "/etc/apt/sources.list.d/hashicorp.sources"
 SECRET_PATH = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*\Z")
 
 
@@ -102,26 +99,8 @@ def keys_file(data) -> Path:
     return inv.with_name(f"{inv.stem}.vault-keys.json")
 
 
-def _check_private_file(problems: Problems, field: str, value) -> bool:
-    """True when `value` names a control-machine file only its owner may read."""
-    if not isinstance(value, str) or not value:
-        problems.add(field, f"{value!r} is not a path on the control machine")
-        return False
-    path = Path(value).expanduser()
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        problems.add(field, f"{path} cannot be read on the control machine; fix the path")
-        return False
-    if mode & 0o077:
-        problems.add(field, f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}); it "
-                     "holds secrets: chmod 600 it")
-        return False
-    return True
-
-
 def _check_seed(problems: Problems, value) -> None:
-    if value is None or not _check_private_file(problems, "vault_seed_file", value):
+    if value is None or not check_private_file(problems, "vault_seed_file", value):
         return
     try:
         doc = yaml.safe_load(Path(value).expanduser().read_text()) or {}
@@ -173,6 +152,7 @@ def check(problems: Problems, role: str, data) -> None:
         for path in pgp:
             if not Path(path).expanduser().is_file():
                 problems.add("vault_pgp_keys", f"{path} cannot be read on the control machine")
+    hashicorp.check(problems, data)
     check_bool(problems, "vault_unattended_unseal", data.get("vault_unattended_unseal"))
     if data.get("vault_unattended_unseal") is True and kind in SERVERS \
             and not SERVERS[kind].static_seal:
@@ -199,7 +179,7 @@ def check(problems: Problems, role: str, data) -> None:
     if keys is not None and not (isinstance(keys, str) and keys):
         problems.add("vault_keys_file", f"{keys!r} is not a path on the control machine")
     elif role == "orchestrator" and keys_file(data).exists():
-        _check_private_file(problems, "vault_keys_file", str(keys_file(data)))
+        check_private_file(problems, "vault_keys_file", str(keys_file(data)))
     if role == "orchestrator":
         _check_seed(problems, data.get("vault_seed_file"))
     if role == "worker":
@@ -231,7 +211,10 @@ COMPONENT = Component(
         "secrets_server": "openbao",
         "openbao_version": "2.7.2",
         "vault_version": "1.18.3",
-        "vault_apt_key_fingerprint": "798AEC654E5C15428C8E42EEAA16FCBCA621E701",
+        # HashiCorp's apt signing key, for every HashiCorp package (infra/hashicorp.py);
+        # vault_apt_key_fingerprint is its earlier name, used when set.
+        "hashicorp_apt_key_fingerprint": hashicorp.KEY_FINGERPRINT,
+        "vault_apt_key_fingerprint": None,
         "vault_port": 8200,
         "vault_cluster_port": 8201,
         "vault_key_shares": 5,
@@ -315,25 +298,7 @@ def _install_openbao(data) -> str:
 
 
 def _install_vault(data) -> str:
-    distro = host.get_fact(LinuxDistribution) or {}
-    codename = (distro.get("release_meta") or {}).get("VERSION_CODENAME") or "jammy"
-    fingerprint = data.vault_apt_key_fingerprint
-    keyring = host.get_fact(PathStates, paths=(HASHICORP_KEYRING,)).get(HASHICORP_KEYRING)
-    if keyring is None:
-        # Fetched once, and kept only when it is the key we pinned.
-        server.shell(name="HashiCorp's signing key", commands=[
-            f"curl -fsSL https://apt.releases.hashicorp.com/gpg | gpg --dearmor "
-            f"> {q(HASHICORP_KEYRING)}.new",
-            f"gpg --show-keys --with-colons {q(HASHICORP_KEYRING)}.new | grep -q "
-            f"{q('^fpr:::::::::' + fingerprint + ':')} || {{ rm -f {q(HASHICORP_KEYRING)}.new; "
-            f"echo 'HashiCorp key fingerprint differs from vault_apt_key_fingerprint' >&2; "
-            "exit 1; }",
-            f"chmod 644 {q(HASHICORP_KEYRING)}.new && mv {q(HASHICORP_KEYRING)}.new "
-            f"{q(HASHICORP_KEYRING)}",
-        ])
-    sources = file_content(name="HashiCorp's apt repository", path=HASHICORP_SOURCES,
-                           text=render("vault/hashicorp.sources.j2", codename=codename,
-                                       keyring=HASHICORP_KEYRING))
+    sources = hashicorp.apt_repository(data)
     apt.packages(name=f"Vault {data.vault_version}", packages=[f"vault={data.vault_version}-1"],
                  update=sources.changed, cache_time=data.apt_cache_seconds)
     return SERVERS["vault"].binary
