@@ -145,10 +145,11 @@ class Lab:
             run("sysctl", "-q", "-w", f"net.ipv4.ip_forward={state['host_ip_forward']}")
         run("rm", "-rf", str(cfg.machines_dir))
         cfg.inventory_file.unlink(missing_ok=True)
-        # Vault's keys (tasks/vault.py keeps them beside the inventory) belong to storage
+        # Vault's and Nomad's keys (kept beside the inventory) belong to storage
         # that was just removed with the hosts; kept, they would stop the next converge.
-        cfg.inventory_file.with_name(f"{cfg.inventory_file.stem}.vault-keys.json").unlink(
-            missing_ok=True)
+        for keys in ("vault-keys", "nomad-keys"):
+            cfg.inventory_file.with_name(f"{cfg.inventory_file.stem}.{keys}.json").unlink(
+                missing_ok=True)
         cfg.state_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, int | None]:

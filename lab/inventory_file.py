@@ -8,8 +8,15 @@ import yaml
 
 from .config import LabConfig
 
-# Agents the lab's four workers run by default: one of each kind.
-LAB_AGENTS = ("claude-code", "aider", "qwen-coder", "cursor-cli")
+# Agents the lab's four workers run. Not cursor-cli: its vendor's servers, the only source
+# of its CLI, are unreachable from here (tests/lab/test_agents.py shows the deploy saying so).
+LAB_AGENTS = ("claude-code", "aider", "qwen-coder", "claude-code")
+
+# The lab's LLM API fixture on the internet host (lab/fixtures/llm_api.py), through the
+# orchestrator's proxy like any outside API; by address, as the workers' resolver forwards
+# to real DNS, where internet.lab is no name.
+def model_endpoint(cfg: LabConfig) -> str:
+    return f"https://{cfg.internet.uplink_addr}/v1"
 
 
 def known_hosts_file(cfg: LabConfig) -> Path:
@@ -41,6 +48,11 @@ def render(cfg: LabConfig) -> dict:
             "extra_ca_certs": [str(p) for p in cfg.extra_ca_certs],
             # The internet fixture's own test CA: trusted by the proxy alone.
             "proxy_upstream_ca_certs": [str(cfg.fixture_dir / "internet-ca.crt")],
+            # Nomad's binaries are not reachable here: systemd runs the agents.
+            "worker_runner": "systemd",
+            # NodeSource's repository is not reachable here; the npm registry is.
+            "node_source": "npm-registry",
+            "model_endpoint": model_endpoint(cfg),
         },
         "orchestrator": {
             "name": orch.name,

@@ -1,13 +1,13 @@
 """The orchestrator: the workers' gateway and egress proxy, their DNS forwarder.
 
-Model serving, logs and the Nomad server are components still to come (README:
-"What is deployed today")."""
+Model serving and logs are components still to come (README: "What is deployed
+today")."""
 
-from tasks import base, dns, mitmproxy, network, platform_ca, runtime, vault
+from tasks import base, dns, mitmproxy, network, nomad, platform_ca, runtime, vault
 
 # Base first: every later component relies on its accounts and folders; the runtime
 # before the proxy, which runs from it.
-COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, vault]
+COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, vault, nomad]
 
 
 def apply() -> None:

@@ -1,11 +1,24 @@
 """A worker: runs coding agents, with all egress through the orchestrator."""
 
-from tasks import base, dns, mitmproxy, network, platform_ca, runtime, vault
+from tasks import (
+    agent_clis,
+    base,
+    dns,
+    mitmproxy,
+    network,
+    nomad,
+    platform_ca,
+    runtime,
+    vault,
+    worker,
+)
 
 # Egress and DNS before base: once the orchestrator's firewall is loaded, they are the
 # only way a worker reaches a package mirror. The proxy's CA before the runtime, whose pip
-# install goes through the proxy.
-COMPONENTS = [network, dns, base, platform_ca, mitmproxy, runtime, vault]
+# install goes through the proxy. The agent last: its config names Vault and the CLIs,
+# and with worker_runner: nomad the Nomad client (and not its unit) runs it.
+COMPONENTS = [network, dns, base, platform_ca, mitmproxy, runtime, vault, nomad, agent_clis,
+              worker]
 
 
 def apply() -> None:

@@ -40,8 +40,10 @@ def test_group_data_is_exactly_what_components_declare():
 
 def test_worker_ports_follow_the_owning_components_settings():
     data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128,
-            "vault_port": 8300}
+            "vault_port": 8300, "worker_runner": "systemd"}
     assert components.worker_ports(data) == [3128, 5353, 8300]
+    assert components.worker_ports({**data, "worker_runner": "nomad"}) == [
+        3128, 4646, 4647, 5353, 8300]
 
 
 def test_one_runtime_install_per_host_with_the_union_of_needs():

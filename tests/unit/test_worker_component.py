@@ -1,0 +1,177 @@
+"""The worker component: worker.yaml built from inventory and group data and checked by
+the runtime's own parser before any host is contacted; the agent CLIs' settings; the unit.
+
+The unit and the checks on a host run for real in tests/lab/test_agents.py."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from autocode.config import parse_worker_config
+from infra import components
+from infra.inventory_file import group_defaults
+from infra.render import TEMPLATES, render
+from tasks import agent_clis, worker
+
+VERSIONS = TEMPLATES / "agent_clis" / "versions.py"
+
+
+def worker_data(**changes):
+    return {**group_defaults("workers"), "orchestrator_address": "10.0.1.1",
+            "ssh_hostname": "10.0.1.11", "worker_network": "10.0.1.0/24", **changes}
+
+
+def problems_of(**changes) -> str:
+    return "\n".join(components.check_host("worker1", "worker", worker_data(**changes)))
+
+
+def test_worker_yaml_is_what_the_runtime_reads_with_every_inventory_value():
+    data = worker_data(agent_type="aider", daily_budget_usd=12.5, project_id="acme",
+                       model_endpoint="https://llm.example/v1", model_name="m1",
+                       agent_limits={**group_defaults("workers")["agent_limits"],
+                                     "task_timeout_s": 900})
+    text = worker.render_config("worker2", data)
+    assert text.startswith("# Managed by autocode")
+    raw = yaml.safe_load(text)
+    config = parse_worker_config(raw, on_host=False)
+    assert (config.worker_id, config.agent_type, config.project_id) == ("worker2", "aider",
+                                                                        "acme")
+    assert str(config.daily_budget_usd) == "12.5" and raw["daily_budget_usd"] == "12.5"
+    assert config.task_timeout_s == 900 and config.max_turns == 50
+    assert config.model_endpoint == "https://llm.example/v1" and config.model_name == "m1"
+    assert config.orchestrator_url == "http://10.0.1.1"
+    assert config.vault_addr == "https://10.0.1.1:8200"
+    assert str(config.vault_cacert).endswith("autocode-platform-ca.crt")
+    assert config.agent_binaries == {"aider": "/opt/autocode/agent-clis/aider/bin/aider"}
+
+
+def test_defaults_point_agents_at_the_orchestrators_model_api():
+    raw = yaml.safe_load(worker.render_config("worker1", worker_data()))
+    assert raw["model_endpoint"] == "http://10.0.1.1:8000/v1"
+    assert raw["agent_binaries"] == {"claude-code": "/opt/autocode/agent-clis/npm/bin/claude"}
+    assert problems_of() == ""
+
+
+def test_all_clis_option_puts_every_binary_in_the_config():
+    raw = yaml.safe_load(worker.render_config("w", worker_data(agent_clis_all=True)))
+    assert sorted(raw["agent_binaries"]) == ["aider", "claude-code", "cursor-cli", "qwen-coder"]
+    assert raw["agent_binaries"]["cursor-cli"] == "/var/lib/autocode/.local/bin/cursor-agent"
+
+
+def test_bad_limits_and_endpoints_are_named_by_their_inventory_field():
+    limits = {**group_defaults("workers")["agent_limits"], "task_timeout_s": -5,
+              "max_turns": 2.5}
+    text = problems_of(agent_limits=limits, model_endpoint="ftp://x", orchestrator_url="nope")
+    assert "worker 'worker1': agent_limits.task_timeout_s: -5 is not valid" in text
+    assert "agent_limits.max_turns: 2.5 is not valid; use an integer > 0" in text
+    assert "model_endpoint: 'ftp://x' is not an http(s) URL" in text
+    assert "orchestrator_url: 'nope' is not a http or https URL" in text
+
+
+def test_unknown_limit_and_wrong_shapes_are_refused_with_the_fix():
+    text = problems_of(agent_limits={"task_timeout": 5}, model_name=7,
+                       model_api_key_file="key.txt")
+    assert "agent_limits.task_timeout: no such limit; use task_timeout_s" in text
+    assert "model_name: 7 must be a string" in text
+    assert "model_api_key_file: 'key.txt' must be an absolute path on the worker" in text
+    assert "agent_limits: must map" in problems_of(agent_limits=[1])
+
+
+def test_a_value_two_components_check_is_reported_once():
+    text = problems_of(daily_budget_usd=float("nan"))
+    assert len([line for line in text.splitlines() if "daily_budget_usd" in line]) == 1
+
+
+def test_agent_cli_settings_are_checked_before_any_host():
+    text = problems_of(node_source="apt", node_version="18.19.0", npm_version="latest",
+                       agent_cli_versions={"aider": "", "claude-code": "2.1.332",
+                                           "qwen-coder": "0.24.4", "cursor-cli": "x",
+                                           "codex": "1.0"},
+                       cursor_install_url="http://cursor.com/install",
+                       nodesource_key_fingerprint="abc")
+    for expected in ("node_source: 'apt' is not a source of Node",
+                     "node_version: the agent CLIs need Node 22",
+                     "npm_version: 'latest' is not a version",
+                     "agent_cli_versions.aider: '' is not a version",
+                     "agent_cli_versions.cursor-cli: 'x' is not a version",
+                     "agent_cli_versions.codex: no such agent type",
+                     "cursor_install_url: 'http://cursor.com/install' is not an https URL",
+                     "nodesource_key_fingerprint: 'abc' is not a 40-digit"):
+        assert expected in text, expected
+
+
+def test_pins_follow_what_the_worker_installs():
+    assert agent_clis.pins(worker_data(agent_type="aider")) == {"aider": "0.86.2"}
+    npm = worker_data(agent_type="qwen-coder", node_source="npm-registry")
+    assert agent_clis.pins(npm) == {"qwen-coder": "0.24.4", "node": "22.23.5", "npm": "10.9.9"}
+    assert agent_clis.node_bin_dir(npm) == "/opt/autocode/node/bin"
+    assert agent_clis.node_bin_dir(worker_data()) == "/usr/bin"
+
+
+def test_the_unit_is_the_seeds_and_hardened():
+    unit = render("worker/autocode-worker.service.j2", user="autocode",
+                  venv="/opt/autocode/venv", config="/etc/autocode/worker.yaml",
+                  install_dir="/opt/autocode", data_root="/mnt/data/autocode",
+                  home="/var/lib/autocode", orchestrator_url="http://10.0.1.1",
+                  path="/opt/autocode/agent-clis/npm/bin:/usr/bin:/bin",
+                  env_files=("/etc/autocode/proxy-ca.env", "/etc/autocode/vault.env"))
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(unit.replace("EnvironmentFile=-/etc/autocode/vault.env\n", ""))
+    service = parser["Service"]
+    assert parser["Unit"]["After"] == "network-online.target"
+    assert parser["Unit"]["Wants"] == "network-online.target"
+    assert service["Type"] == "simple" and service["User"] == "autocode"
+    assert service["WorkingDirectory"].startswith("/opt/autocode")
+    assert service["ExecStart"] == ("/opt/autocode/venv/bin/autocode-worker serve --config "
+                                    "/etc/autocode/worker.yaml")
+    assert (service["Restart"], service["RestartSec"]) == ("always", "10")
+    assert "Environment=ORCHESTRATOR_URL=http://10.0.1.1" in unit
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+    assert service["ReadWritePaths"] == "/mnt/data/autocode /var/lib/autocode"
+    assert service["CapabilityBoundingSet"] == ""
+
+
+def run_versions(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, str(VERSIONS), json.dumps(spec)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def test_version_fact_reads_metadata_and_requires_an_executable_program(tmp_path: Path):
+    package = tmp_path / "lib/node_modules/@qwen-code/qwen-code"
+    package.mkdir(parents=True)
+    (package / "package.json").write_text(json.dumps({"version": "0.24.4"}))
+    program = package / "cli-entry.js"
+    program.write_text("#!/usr/bin/env node\n")
+    site = tmp_path / "venv/lib/python3.11/site-packages"
+    (site / "aider_chat-0.86.2.dist-info").mkdir(parents=True)
+    aider = tmp_path / "venv/bin/aider"
+    aider.parent.mkdir(parents=True)
+    aider.write_text("#!/bin/sh\n")
+    aider.chmod(0o755)
+    versions_dir = tmp_path / "share/cursor-agent/versions/2026.02.13-41ac335"
+    versions_dir.mkdir(parents=True)
+    (versions_dir / "cursor-agent").write_text("#!/bin/sh\n")
+    (versions_dir / "cursor-agent").chmod(0o755)
+    (tmp_path / "cursor-agent").symlink_to(versions_dir / "cursor-agent")
+    spec = {"qwen": ["package-json", str(package / "package.json"), str(program)],
+            "aider": ["python-dist", str(tmp_path / "venv/lib/python3*/site-packages"),
+                      "aider_chat", str(aider)],
+            "cursor": ["version-folder", str(tmp_path / "cursor-agent")],
+            "missing": ["package-json", str(tmp_path / "nope.json"), str(program)],
+            "bash": ["deb", "bash"], "no-deb": ["deb", "autocode-no-such-package"]}
+    got = run_versions(spec)
+    # Not executable yet: a package whose program cannot run is not installed.
+    assert got["qwen"] is None
+    assert got["aider"] == "0.86.2" and got["cursor"] == "2026.02.13-41ac335"
+    assert got["missing"] is None and got["no-deb"] is None and got["bash"]
+    program.chmod(0o755)
+    assert run_versions(spec)["qwen"] == "0.24.4"
