@@ -22,7 +22,7 @@ AGENT = group_defaults("workers")["service_user"]
 ORCHESTRATOR_UNITS = ("dnsmasq", "autocode-firewall", "autocode-mitmproxy",
                       "autocode-traffic-shipper", "openbao", "autocode-vault-backup.timer")
 UNSEAL_OP = "Secrets server | Vault initialised and unsealed"
-WORKER_UNITS = ("autocode-firewall", "autocode-gateway")
+WORKER_UNITS = ("autocode-firewall", "autocode-gateway", "autocode-worker")
 
 
 def wait_until_booted(lab, host: str, started: float, timeout: float = 120) -> float:
