@@ -22,7 +22,6 @@ in the server's 0640 configuration file.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FunctionCommand, OperationError, operation
 
 from . import keys_file
+from .control_api import per_stage, reported
 from .facts import FileText, fact_once, q
 from .nomad_api import NomadAPI, NomadAPIError
 
@@ -230,28 +230,14 @@ class Session:
 
 
 def session(state, orchestrator, url: str, keys_path: Path, ca_path: str | None) -> Session:
-    cache = state.__dict__.setdefault("_autocode_nomad", {})
-    if state.current_stage not in cache:
-        cache[state.current_stage] = Session(url=url, keys=KeysFile(keys_path),
-                                             orchestrator=orchestrator, ca_path=ca_path)
-    return cache[state.current_stage]
+    return per_stage(state, "nomad", lambda: Session(
+        url=url, keys=KeysFile(keys_path), orchestrator=orchestrator, ca_path=ca_path))
 
 
 # -- operations -----------------------------------------------------------------------------
 
 
-def _reported(func):
-    """An API error in an operation becomes the operation's failure, with Nomad's message
-    (never a body or a token) and without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            yield from func(*args, **kwargs)
-        except NomadAPIError as exc:
-            raise NomadSetupError(str(exc)) from None
-
-    return wrapper
+_reported = reported(NomadAPIError, NomadSetupError)
 
 
 @operation()

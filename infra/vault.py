@@ -17,7 +17,6 @@ in the 0600 keys file on the control machine, and in files uploaded over SFTP.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import ipaddress
 import json
@@ -33,6 +32,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FunctionCommand, OperationError, operation
 
 from . import keys_file
+from .control_api import per_stage, reported
 from .facts import FileText, PathStates, fact_once, q
 from .vault_api import VaultAPI, VaultAPIError
 
@@ -440,28 +440,14 @@ class Session:
 
 
 def session(state, orchestrator, url: str, keys_path: Path, ca_path: str) -> Session:
-    cache = state.__dict__.setdefault("_autocode_vault", {})
-    if state.current_stage not in cache:
-        cache[state.current_stage] = Session(url=url, keys=KeysFile(keys_path),
-                                             orchestrator=orchestrator, ca_path=ca_path)
-    return cache[state.current_stage]
+    return per_stage(state, "vault", lambda: Session(
+        url=url, keys=KeysFile(keys_path), orchestrator=orchestrator, ca_path=ca_path))
 
 
 # -- operations -----------------------------------------------------------------------------
 
 
-def _reported(func):
-    """An API error in an operation becomes the operation's failure, with Vault's message
-    (never a body or a token) and without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            yield from func(*args, **kwargs)
-        except VaultAPIError as exc:
-            raise VaultSetupError(str(exc)) from None
-
-    return wrapper
+_reported = reported(VaultAPIError, VaultSetupError)
 
 
 @operation()
