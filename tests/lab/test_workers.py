@@ -266,3 +266,16 @@ def test_nomad_runner_is_planned_not_installed(lab, ssh, converged):
         assert ssh(host, "test -e /etc/apt/sources.list.d/hashicorp.sources",
                    check=False).returncode != 0, f"a dry plan wrote to {host}"
     assert ssh("worker1", f"systemctl is-active {UNIT}").stdout.strip() == "active"
+
+
+def test_nodesource_is_planned_where_node_is_needed(lab, ssh, converged):
+    """node_source: nodesource is the production default; NodeSource's repository is not
+    reachable here, so it is exercised by a dry plan only."""
+    plan, _ = Pyinfra(lab.inventory_file).run("--dry", "--data", "node_source=nodesource")
+    changes = changed_hosts(plan)
+    node_workers = {host for host, kind in AGENT_OF.items() if kind != "aider"}
+    for op in ("NodeSource's signing key", "NodeSource's apt repository",
+               f"Node {WORKERS['node_version']} (NodeSource)"):
+        assert changes.get(f"Agent CLIs | {op}") == node_workers, op
+    assert ssh("worker1", "test -e /etc/apt/sources.list.d/nodesource.sources",
+               check=False).returncode != 0, "a dry plan wrote to worker1"
