@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS charges (
     agent           TEXT    NOT NULL,
     task_id         TEXT    NOT NULL,
     amount_micros   INTEGER NOT NULL CHECK (amount_micros >= 0),
-    source          TEXT    NOT NULL CHECK (source IN ('agent-reported', 'metered'))
+    source          TEXT    NOT NULL CHECK (source IN ('agent-reported', 'metered')),
+    detail          TEXT                        -- JSON: a metered call's model and tokens
 );
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (charged_at_us, worker_id);
 """
@@ -122,6 +123,9 @@ class BudgetLedger:
                 delay = min(delay * 2, 0.2)
         self._db.execute("PRAGMA synchronous=FULL")  # a recorded charge survives power loss
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(charges)")}
+        if "detail" not in columns:  # a ledger from before metered calls had details
+            self._db.execute("ALTER TABLE charges ADD COLUMN detail TEXT")
 
     @classmethod
     def for_data_root(cls, data_root: Path | str, timezone: str = "UTC") -> BudgetLedger:
@@ -147,8 +151,10 @@ class BudgetLedger:
         amount_usd: Decimal | int | str,
         source: str,
         at: datetime | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> bool:
-        """Record one charge. Returns False if this key was already recorded (a retry)."""
+        """Record one charge. Returns False if this key was already recorded (a retry).
+        `detail`: what was charged for (a metered call's model and tokens), kept as JSON."""
         if source not in SOURCES:
             raise LedgerError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         micros = usd_to_micros(amount_usd)
@@ -160,9 +166,10 @@ class BudgetLedger:
         with self._lock:
             inserted = self._db.execute(
                 "INSERT INTO charges (idempotency_key, charged_at_us, worker_id, agent, task_id,"
-                " amount_micros, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " amount_micros, source, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (idempotency_key) DO NOTHING",
-                (idempotency_key, _to_epoch_us(when), worker_id, agent, task_id, micros, source),
+                (idempotency_key, _to_epoch_us(when), worker_id, agent, task_id, micros, source,
+                 json.dumps(detail, sort_keys=True) if detail is not None else None),
             ).rowcount
             if inserted:
                 return True
@@ -210,7 +217,8 @@ class BudgetLedger:
         with self._lock:
             rows = self._db.execute(
                 "SELECT charged_at_us, worker_id, agent, task_id, amount_micros, source,"
-                " idempotency_key FROM charges WHERE charged_at_us >= ? AND charged_at_us < ?"
+                " idempotency_key, detail FROM charges"
+                " WHERE charged_at_us >= ? AND charged_at_us < ?"
                 " ORDER BY charged_at_us, id",
                 (start, end),
             ).fetchall()
@@ -223,8 +231,9 @@ class BudgetLedger:
                 "amount_usd": str(micros_to_usd(micros)),
                 "source": source,
                 "idempotency_key": key,
+                **({"detail": json.loads(detail)} if detail else {}),
             }
-            for at, worker, agent, task, micros, source, key in rows
+            for at, worker, agent, task, micros, source, key, detail in rows
         ]
 
     # -- reports -------------------------------------------------------------------
@@ -261,7 +270,7 @@ class BudgetLedger:
                   "idempotency_key"]
         tmp = csv_path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, csv_path)

@@ -2,8 +2,11 @@
 
 Variants, one run, same load: bare mitmdump; `autocode-proxy` (mitmdump with the addon
 built in, as deployed) with the shipper sending to the Elasticsearch double, and with the
-shipper pointed at a closed loopback port (Elasticsearch unreachable); and, for
-comparison, bare mitmdump loading the addon as a script (`-s`). On a small shared machine
+shipper pointed at a closed loopback port (Elasticsearch unreachable), also with spend
+metering and per-worker rate limits on (non-LLM traffic: what metering must not slow);
+for comparison, bare mitmdump loading the addon as a script (`-s`); and LLM API calls
+streamed as SSE from the lab's LLM fixture, through bare mitmdump and through the metering
+proxy, which reads each stream as it passes. On a small shared machine
 one pass per variant is mostly noise, so the variants alternate over several rounds, each
 round in a rotated order, and the table gives medians with their spread, ratios of
 medians, and the records spooled versus requests answered over all rounds.
@@ -33,6 +36,7 @@ from testing.mitmdump import free_port, mitmdump, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = "bare mitmdump"
+BARE_SSE = "bare mitmdump, SSE"
 SHIPPER_NICE = 10  # the shipper unit's Nice=
 
 
@@ -76,9 +80,21 @@ def count_records(spool_dir: Path) -> int:
     return total
 
 
+def metering_section(workdir: Path, llm_port: int) -> dict:
+    """Metering as deployed (tasks/metering.py), the fixture's API metered, and rate limits
+    so high they only cost their bookkeeping."""
+    price = {"input": "3", "output": "15"}
+    return {"ledger": str(workdir / "metered.sqlite3"), "prices_taken_on": "2026-11-30",
+            "apis": [{"host": "127.0.0.1", "path": "/v1/messages", "provider": "anthropic"}],
+            "prices": {"lab-model": price}, "unknown_model_price": price,
+            "workers": {"bench": {"daily_budget_usd": "1000000"}},
+            "rate_limit": {"requests_per_second": 1e9, "burst": 10**9, "max_concurrent": 10**6}}
+
+
 def run_variant(name: str, workdir: Path, args, upstream: str, es_url: str | None = None,
                 expect_shipping: bool = False, as_script: bool = False,
-                es_double_pid: int | None = None) -> VariantResult:
+                es_double_pid: int | None = None, metering: dict | None = None,
+                body: bytes | None = None) -> VariantResult:
     workdir.mkdir(parents=True)
     config_path = None
     shipper_proc = None
@@ -90,6 +106,7 @@ def run_variant(name: str, workdir: Path, args, upstream: str, es_url: str | Non
                 "spool_dir": str(workdir / "spool"), "keep_shipped_segments": True,
                 "workers": {"127.0.0.1": "bench"},
                 "elasticsearch": {"url": es_url, "retry_max": 2.0},
+                **({"metering": metering} if metering else {}),
             }))
             shipper = [sys.executable, "-m", "autocode.traffic.cli", "--config", str(config_path)]
             # As its unit runs it (templates/mitmproxy): the spool absorbs what it defers.
@@ -108,7 +125,7 @@ def run_variant(name: str, workdir: Path, args, upstream: str, es_url: str | Non
                                            capture_output=True, text=True).stdout.split()[0])
             proxy_cpu = cpu_seconds(proxy_pid)
             load = asyncio.run(run_load(proxy_port, upstream, args.concurrency, args.warmup,
-                                        args.duration, args.max_requests))
+                                        args.duration, args.max_requests, body))
             proxy_cpu = cpu_seconds(proxy_pid) - proxy_cpu
         # mitmdump has stopped (SIGINT), so its writer has flushed everything.
         result = VariantResult(name, load, proxy_cpu_s=proxy_cpu)
@@ -133,9 +150,10 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
     def med(results, fn):
         return statistics.median(fn(r.load) for r in results)
 
-    bare = rounds[BARE]
-    bare_rps = med(bare, lambda x: x.throughput)
-    bare_p99 = med(bare, lambda x: x.percentile(99))
+    def baseline(name: str) -> list[VariantResult]:
+        # An SSE variant against bare mitmdump under the same SSE load, the rest against GETs.
+        return rounds[BARE_SSE] if "SSE" in name and BARE_SSE in rounds else rounds[BARE]
+
     header = (f"{'variant':<38}{'req/s':>8}{'(min-max)':>12}{'p50 ms':>8}{'p99 ms':>8}"
               f"{'vs bare':>9}{'p99 +ms':>9}{'answered':>10}{'spooled':>9}{'shipped':>9}"
               f"{'lost':>6}")
@@ -144,6 +162,8 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
     print("-" * len(header))
     summary = {}
     for name, results in rounds.items():
+        bare_rps = med(baseline(name), lambda x: x.throughput)
+        bare_p99 = med(baseline(name), lambda x: x.percentile(99))
         rps = med(results, lambda x: x.throughput)
         p99 = med(results, lambda x: x.percentile(99))
         spread = [r.load.throughput for r in results]
@@ -162,10 +182,11 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
                          "answered": answered, "spooled": spooled, "shipped": shipped,
                          "lost": lost}
     print()
-    bare_answered = sum(r.load.ok + r.load.other_status for r in bare) / 1000
-    bare_cpu = sum(r.proxy_cpu_s for r in bare) / bare_answered
     print("CPU seconds per 1000 requests answered (steadier than req/s on a shared machine):")
     for name, results in rounds.items():
+        bare = baseline(name)
+        bare_answered = sum(r.load.ok + r.load.other_status for r in bare) / 1000
+        bare_cpu = sum(r.proxy_cpu_s for r in bare) / bare_answered
         answered = sum(r.load.ok + r.load.other_status for r in results) / 1000
         proxy = sum(r.proxy_cpu_s for r in results) / answered
         line = f"  {name}: proxy {proxy:.3f} ({proxy / bare_cpu:.3f} of bare)"
@@ -201,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="autocode-bench-") as tmp, ExitStack() as stack:
         tmp_path = Path(tmp)
         upstream_port, es_port, closed_port = free_port(), free_port(), free_port()
+        llm_port = free_port()
+        stack.enter_context(background([sys.executable, "lab/fixtures/internet_server.py",
+                                        "--bind", "127.0.0.1", "--http-port", str(llm_port)],
+                                       tmp_path / "llm.log", llm_port))
+        llm = f"http://127.0.0.1:{llm_port}/v1/messages"
+        sse = json.dumps({"model": "lab-model", "max_tokens": 64, "stream": True, "messages": [
+            {"role": "user", "content": "Create the file a.txt containing exactly: bench"}]}
+        ).encode()
         stack.enter_context(background([sys.executable, "-m", "bench.upstream",
                                         str(upstream_port)], tmp_path / "upstream.log",
                                        upstream_port))
@@ -208,22 +237,29 @@ def main(argv: list[str] | None = None) -> int:
         es_proc = stack.enter_context(background(es_double, tmp_path / "es.log", es_port))
         upstream = f"http://127.0.0.1:{upstream_port}/"
         es, closed = f"http://127.0.0.1:{es_port}", f"http://127.0.0.1:{closed_port}"
-        # (name, Elasticsearch URL or None for bare, shipping expected, addon as a script)
+        # (name, Elasticsearch URL or None for bare, shipping expected, addon as a script,
+        #  metering on, an SSE LLM call instead of a GET)
         plan = [
-            (BARE, None, False, False),
-            ("autocode-proxy, shipper -> ES double", es, True, False),
-            ("autocode-proxy, ES unreachable", closed, False, False),
-            ("mitmdump -s addon, ES unreachable", closed, False, True),
+            (BARE, None, False, False, False, False),
+            ("autocode-proxy, shipper -> ES double", es, True, False, False, False),
+            ("autocode-proxy, ES unreachable", closed, False, False, False, False),
+            ("autocode-proxy + metering, ES unreach.", closed, False, False, True, False),
+            ("mitmdump -s addon, ES unreachable", closed, False, True, False, False),
+            (BARE_SSE, None, False, False, False, True),
+            ("autocode-proxy + metering, SSE", closed, False, False, True, True),
         ]
         rounds: dict[str, list[VariantResult]] = {entry[0]: [] for entry in plan}
         for n in range(args.rounds):
             # Rotate the order so no variant always runs first, or last.
             for entry in plan[n % len(plan):] + plan[:n % len(plan)]:
-                name, es_url, ships, as_script = entry
+                name, es_url, ships, as_script, metered, streamed = entry
                 print(f"  round {n + 1}/{args.rounds}: {name} ...", flush=True)
                 workdir = tmp_path / f"r{n}-{plan.index(entry)}"
-                rounds[name].append(run_variant(name, workdir, args, upstream, es_url, ships,
-                                                as_script, es_proc.pid))
+                rounds[name].append(run_variant(
+                    name, workdir, args, llm if streamed else upstream, es_url, ships,
+                    as_script, es_proc.pid,
+                    metering_section(workdir, llm_port) if metered else None,
+                    sse if streamed else None))
         summary = print_table(rounds)
         print("\njson: " + json.dumps(summary))
     return 0

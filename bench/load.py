@@ -1,5 +1,6 @@
 """Closed-loop load generator: N keep-alive connections to the proxy, one request in flight
-each, absolute-form GETs (what any HTTP proxy client sends). Bounded by time and count."""
+each, absolute-form requests (what any HTTP proxy client sends): GETs, or POSTs of a body
+(an LLM API call, answered as JSON or a chunked SSE stream). Bounded by time and count."""
 
 from __future__ import annotations
 
@@ -39,13 +40,25 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
             length = int(value)
     if length:
         await reader.readexactly(length)
+    elif b"transfer-encoding: chunked" in head.lower():
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
     return status
 
 
 async def _connection(proxy_port: int, target: str, result: LoadResult, t_measure: float,
-                      t_end: float, budget: list[int]) -> None:
-    request = (f"GET {target} HTTP/1.1\r\nHost: {target.split('/')[2]}\r\n"
-               "User-Agent: autocode-bench\r\n\r\n").encode()
+                      t_end: float, budget: list[int], body: bytes | None = None) -> None:
+    if body is None:
+        request = (f"GET {target} HTTP/1.1\r\nHost: {target.split('/')[2]}\r\n"
+                   "User-Agent: autocode-bench\r\n\r\n").encode()
+    else:
+        request = (f"POST {target} HTTP/1.1\r\nHost: {target.split('/')[2]}\r\n"
+                   "User-Agent: autocode-bench\r\nContent-Type: application/json\r\n"
+                   "x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
     try:
         while budget[0] > 0:
@@ -73,13 +86,13 @@ async def _connection(proxy_port: int, target: str, result: LoadResult, t_measur
 
 
 async def run_load(proxy_port: int, target: str, concurrency: int, warmup: float,
-                   duration: float, max_requests: int) -> LoadResult:
+                   duration: float, max_requests: int, body: bytes | None = None) -> LoadResult:
     result = LoadResult()
     start = time.perf_counter()
     t_measure, t_end = start + warmup, start + warmup + duration
     budget = [max_requests]
     await asyncio.gather(*(
-        _connection(proxy_port, target, result, t_measure, t_end, budget)
+        _connection(proxy_port, target, result, t_measure, t_end, budget, body)
         for _ in range(concurrency)))
     result.measured_seconds = min(time.perf_counter(), t_end) - t_measure
     return result

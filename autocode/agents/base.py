@@ -218,6 +218,12 @@ class HeadlessCliAgent(CodingAgent):
         self.ledger.charge(idempotency_key=key, worker_id=self.config.worker_id,
                            agent=self.kind, task_id=task.task_id, amount_usd=result.cost_usd,
                            source=result.cost_source or AGENT_REPORTED)
+        # The same charge as one structured log line: forwarded to the orchestrator with
+        # the worker's logs, it is what the spend report sets beside the metered cost.
+        logger.bind(charge={"key": key, "amount_usd": str(result.cost_usd),
+                            "source": result.cost_source or AGENT_REPORTED,
+                            "task_id": task.task_id, "agent": self.kind}).info(
+            "charged {} USD for task {}", result.cost_usd, task.task_id)
 
     @staticmethod
     def _save_run_logs(run_dir: Path, argv: list[str], outcome: ProcessOutcome) -> None:

@@ -15,13 +15,24 @@ either, when ``fail_closed``.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 
 from mitmproxy import ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 
 from autocode.traffic.config import TrafficConfig, TrafficConfigError, load_config
-from autocode.traffic.record import build_record, connection_record
+from autocode.traffic.metering import (
+    Meter,
+    RateLimiter,
+    Usage,
+    UsageTap,
+    error_answer,
+    estimate,
+    rate_limited_answer,
+)
+from autocode.traffic.record import UNKNOWN_WORKER, build_record, connection_record, normalise_ip
 from autocode.traffic.redact import Redactor
 from autocode.traffic.writer import BackgroundWriter
 
@@ -34,6 +45,11 @@ BLOCKED = "autocode_blocked"
 LOGGED = "autocode_logged"
 REFUSED = "autocode_refused"  # refused by policy (with the reason): recorded as blocked
 WEBSOCKET_LOGGED = "autocode_websocket_logged"
+METERED = "autocode_metered"  # (api, worker) of an LLM API call being metered
+TAP = "autocode_usage_tap"
+REQUEST_FACTS = "autocode_llm_request"  # (model, request bytes) of a metered call
+LLM = "autocode_llm"  # the priced call, for its record
+ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow holds
 NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
 
 
@@ -51,6 +67,12 @@ class RefusedConnection(layer.Layer):
 def refused_response(reason: str) -> http.Response:
     body = f"autocode egress proxy: refused: {reason}. Ask the operator if this is needed.\n"
     return http.Response.make(403, body.encode(), {"Content-Type": "text/plain; charset=utf-8"})
+
+
+def json_response(status: int, body: dict, **headers: str) -> http.Response:
+    # x-should-retry: the providers' SDKs honour it; a refusal is not worth retrying.
+    return http.Response.make(status, json.dumps(body).encode(), {
+        "Content-Type": "application/json", "x-should-retry": "false", **headers})
 
 
 def blocked_response(reason: str) -> http.Response:
@@ -71,6 +93,8 @@ class AutocodeLogger:
         self.writer: BackgroundWriter | None = None
         self._config_path: str | None = None
         self.blocked_flows = 0
+        self.meter: Meter | None = None
+        self.rate_limiter: RateLimiter | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -96,6 +120,12 @@ class AutocodeLogger:
             raise exceptions.OptionsError(str(exc)) from None
         self._stop_writer()
         self.config = config
+        metering = config.metering
+        if metering is not None:
+            self.meter = Meter(metering, log)
+            if metering.requests_per_second or metering.max_concurrent:
+                self.rate_limiter = RateLimiter(metering.requests_per_second, metering.burst,
+                                                metering.max_concurrent)
         self.redactor = Redactor(
             config.redact_headers, config.redact_patterns, config.redact_value_patterns
         )
@@ -114,6 +144,10 @@ class AutocodeLogger:
         if self.writer is not None:
             self.writer.stop()
             self.writer = None
+        if self.meter is not None:
+            self.meter.close()
+            self.meter = None
+        self.rate_limiter = None
 
     # -- flow hooks: plain functions that never block (a coroutine per hook costs more) --
 
@@ -137,11 +171,106 @@ class AutocodeLogger:
                                       f"refused: {NON_HTTP_BLOCKED}")
             flow.request.stream = False
             flow.response = refused_response(flow.metadata[REFUSED])
+            return
+        if self.meter is not None or self.rate_limiter is not None:
+            self._admit(flow)
+
+    # -- spend metering and rate limits (autocode/traffic/metering.py) -----------------------
+
+    def _worker(self, flow: http.HTTPFlow) -> str:
+        peer = flow.client_conn.peername
+        ip = normalise_ip(peer[0]) if peer else ""
+        return self.config.workers.get(ip, UNKNOWN_WORKER if not ip else ip)
+
+    def _admit(self, flow: http.HTTPFlow) -> None:
+        worker = self._worker(flow)
+        meter = self.meter
+        api = meter.match(flow.request.pretty_host, flow.client_conn.sni, flow.request.method,
+                          flow.request.path) if meter is not None else None
+        if self.rate_limiter is not None:
+            wait = self.rate_limiter.admit(worker, time.monotonic())
+            if wait is not None:
+                flow.metadata[REFUSED] = f"rate limit of worker {worker} exceeded"
+                status, body = rate_limited_answer(api.provider if api else None, wait)
+                flow.request.stream = False
+                flow.response = json_response(status, body, **{"Retry-After": str(wait)})
+                return
+            flow.metadata[ADMITTED] = worker
+        if api is None:
+            return
+        refusal = meter.refusal(worker)
+        if refusal is not None:
+            flow.metadata[REFUSED] = refusal
+            flow.request.stream = False
+            flow.response = json_response(*error_answer(api.provider, refusal))
+            return
+        flow.metadata[METERED] = (api, worker)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        metered = flow.metadata.get(METERED)
+        if metered is None or flow.response is not None:
+            return
+        api, _ = metered
+        content = flow.request.content or b""
+        model = None
+        try:
+            body = json.loads(content) if content else None
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            # OpenAI streams usage only when asked to; ask, so the call is charged exactly.
+            if (api.provider == "openai" and body.get("stream") is True
+                    and self.meter.config.inject_stream_usage
+                    and not (body.get("stream_options") or {}).get("include_usage")
+                    and not flow.request.path.split("?", 1)[0].endswith("/responses")):
+                body["stream_options"] = {**(body.get("stream_options") or {}),
+                                          "include_usage": True}
+                flow.request.content = json.dumps(body).encode()
+        flow.metadata[REQUEST_FACTS] = (model, len(content))
+        # Read as it passes: an encoding the tap cannot undo would leave it blind.
+        flow.request.headers["accept-encoding"] = "identity"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        metered = flow.metadata.get(METERED)
+        if metered is None or flow.metadata.get(REFUSED) or flow.response is None:
+            return
+        api, _ = metered
+        model = flow.metadata.get(REQUEST_FACTS, (None, 0))[0]
+        tap = UsageTap(api.provider, flow.response.headers.get("content-type", ""),
+                       flow.response.headers.get("content-encoding", ""), model)
+        flow.metadata[TAP] = tap
+        flow.response.stream = tap  # passes every chunk on at once, reading as it goes
+
+    def _meter_done(self, flow: http.HTTPFlow) -> None:
+        worker = flow.metadata.pop(ADMITTED, None)
+        if worker is not None and self.rate_limiter is not None:
+            self.rate_limiter.done(worker)
+        metered = flow.metadata.pop(METERED, None)
+        if metered is None or self.meter is None or flow.metadata.get(REFUSED):
+            return
+        api, worker = metered
+        model, request_bytes = flow.metadata.get(REQUEST_FACTS, (None, 0))
+        tap = flow.metadata.pop(TAP, None)
+        usage = tap.finish() if tap is not None else Usage(model=model)
+        status = flow.response.status_code if flow.response is not None else None
+        if status is not None and status >= 400 and not usage.reported:
+            usage = Usage(model=usage.model, complete=True)  # an error answer costs nothing
+        else:
+            estimate(usage, request_bytes)
+        try:
+            charge = self.meter.charge(flow.id, worker, api.provider, usage)
+        except Exception:
+            log.exception("autocode meter could not price flow %s", flow.id)
+            return
+        flow.metadata[LLM] = charge.record(self.meter.config.prices_taken_on)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._meter_done(flow)
         self._record(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._meter_done(flow)
         self._record(flow)
 
     # -- connections that are not HTTP ------------------------------------------------------
@@ -268,6 +397,8 @@ class AutocodeLogger:
         try:
             record = build_record(flow, self.config.workers, self.redactor,
                                   "blocked" if refused else "allowed", refused)
+            if LLM in metadata:
+                record["llm"] = metadata[LLM]
         except Exception:
             # A bug here must not kill the flow; the slot must not leak either.
             log.exception("autocode traffic logger could not build a record")

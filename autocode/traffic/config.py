@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from autocode.traffic.metering import MeteringConfig, parse_metering
+
 DEFAULT_INDEX = "autocode-traffic"
 
 
@@ -63,6 +65,8 @@ class TrafficConfig:
     min_free_bytes: int = 16 * 1024 * 1024
     keep_shipped_segments: bool = False
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    # Spend metering of LLM API calls (autocode/traffic/metering.py); None: off.
+    metering: MeteringConfig | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -252,6 +256,7 @@ def parse_config(data: Any) -> TrafficConfig:
                                      minimum=0),
         keep_shipped_segments=_bool(p, data, "keep_shipped_segments", False),
         elasticsearch=_elasticsearch(p, data),
+        metering=parse_metering(p, data.get("metering")),
     )
     if p.items:
         raise TrafficConfigError("\n".join(p.items), problems=p.items)
