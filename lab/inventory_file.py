@@ -53,6 +53,12 @@ def render(cfg: LabConfig) -> dict:
             # NodeSource's repository is not reachable here; the npm registry is.
             "node_source": "npm-registry",
             "model_endpoint": model_endpoint(cfg),
+            # The fixture's two APIs are metered and capped like the real providers'.
+            "llm_apis_extra": [
+                {"host": cfg.internet.uplink_addr, "path": "/v1/messages",
+                 "provider": "anthropic"},
+                {"host": cfg.internet.uplink_addr, "path": "/v1/chat/completions",
+                 "provider": "openai"}],
         },
         "orchestrator": {
             "name": orch.name,

@@ -3,11 +3,11 @@
 Model serving and logs are components still to come (README: "What is deployed
 today")."""
 
-from tasks import base, dns, mitmproxy, network, nomad, platform_ca, runtime, vault
+from tasks import base, dns, metering, mitmproxy, network, nomad, platform_ca, runtime, vault
 
 # Base first: every later component relies on its accounts and folders; the runtime
 # before the proxy, which runs from it.
-COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, vault, nomad]
+COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, metering, vault, nomad]
 
 
 def apply() -> None:

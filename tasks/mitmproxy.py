@@ -27,7 +27,7 @@ from infra.operations import (
 )
 from infra.render import render
 from infra.validation import Problems, check_bool, check_pem_files
-from tasks import runtime
+from tasks import metering, runtime
 
 PROXY_USER = "autocode-proxy"
 CONFDIR = "/etc/autocode/mitmproxy"
@@ -91,10 +91,14 @@ def spool_dir(data) -> str:
     return f"{data['data_root']}/logs/traffic/spool"
 
 
-def traffic_config(data, workers: dict[str, str]) -> str:
+def traffic_config(data, workers: dict[str, str], metered: dict[str, dict] | None = None
+                   ) -> str:
     """The traffic logger's configuration, built as data and written by the runtime's own
-    serializer, which validates it with the parser the proxy uses."""
-    return dump_config({
+    serializer, which validates it with the parser the proxy uses; `metered`: the workers'
+    host data by name, whose LLM calls are metered and capped (tasks/metering.py)."""
+    extra = {"metering": metering.metering_section(data, metered)} if metered is not None \
+        else {}
+    return dump_config({**extra,
         "spool_dir": spool_dir(data),
         "fail_closed": bool(data["proxy_fail_closed"]),
         "non_http": data["proxy_non_http"],
@@ -108,7 +112,7 @@ def orchestrator() -> None:
     data = host.data
     venv = runtime.venv_path()
     workers = {str(w.data.ssh_hostname): w.name for w in inventory.get_group("workers")}
-    config = traffic_config(data.dict(), workers)
+    config = traffic_config(data.dict(), workers, metering.workers_data())
     addon = render("mitmproxy/addon.py.j2")
     upstream = {Path(c).name: Path(c).expanduser() for c in data.proxy_upstream_ca_certs}
 
@@ -133,7 +137,8 @@ def orchestrator() -> None:
                              batch=batch)
 
     common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG,
-                  spool_dir=spool_dir(data.dict()))
+                  spool_dir=spool_dir(data.dict()),
+                  ledger_dir=f"{data.data_root}/{Path(metering.LEDGER).parent}")
     inputs = {"traffic.yaml": digest(config), "runtime": runtime.install_digest() or ""}
     check_config = (f"runuser -u {PROXY_USER} -- {q(venv)}/bin/autocode-traffic-shipper "
                     f"--check-config --config {q(TRAFFIC_CONFIG)}")
@@ -145,12 +150,12 @@ def orchestrator() -> None:
         text=render("mitmproxy/autocode-mitmproxy.service.j2", confdir=CONFDIR,
                     port=data.mitmproxy_port, **common),
         inputs={**inputs, "upstream CAs": upstream_digest},
-        restart_when=(config_op, upstream_op), check_command=check_config)
+        restart_when=(config_op, upstream_op), check_command=check_config, settle_s=3)
     systemd_unit(
         name="autocode-traffic-shipper.service", unit="autocode-traffic-shipper.service",
         batch=units,
         text=render("mitmproxy/autocode-traffic-shipper.service.j2", **common),
-        inputs=inputs, restart_when=(config_op,), check_command=check_config)
+        inputs=inputs, restart_when=(config_op,), check_command=check_config, settle_s=3)
 
 
 @deploy("Trust the proxy CA")

@@ -70,7 +70,9 @@ COMPONENT = Component(
     check=check,
     data_tree={
         # 751: services with their own folder inside (Vault's audit log) pass through.
-        "orchestrator": {**_RUNTIME_DATA, "logs/orchestrator": ("autocode", "autocode", "751")},
+        "orchestrator": {**_RUNTIME_DATA, "logs/orchestrator": ("autocode", "autocode", "751"),
+                         # The proxy writes the metered ledger in its own folder inside.
+                         "financial": ("autocode", "autocode", "751")},
         "worker": {**_RUNTIME_DATA,
                    "worker-artifacts": ("autocode", "autocode", "750"),
                    "worker-artifacts/projects": ("autocode", "autocode", "750"),

@@ -1,0 +1,105 @@
+"""The metering component: the proxy's `metering` section built from group data and the
+inventory's workers, bad prices, APIs and limits named by their inventory field before any
+host is contacted; and `autocode-budget report` on a real ledger and forwarded logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from autocode.budget import BudgetLedger
+from autocode.traffic.config import parse_config
+from infra import components
+from infra.inventory_file import group_defaults
+from tasks import metering
+
+BUDGET = Path(sys.executable).with_name("autocode-budget")
+
+
+def orchestrator_problems(**changes) -> str:
+    data = {**group_defaults("orchestrator"), "worker_network": "10.0.1.0/24",
+            "orchestrator_address": "10.0.1.1", "ssh_hostname": "10.0.0.10", **changes}
+    return "\n".join(components.check_host("orchestrator", "orchestrator", data))
+
+
+def test_the_section_meters_every_worker_with_its_budget_and_agent():
+    data = group_defaults("orchestrator")
+    workers = {"worker1": {"daily_budget_usd": 25, "agent_type": "aider"},
+               "worker2": {"daily_budget_usd": 7.5, "agent_type": "claude-code"}}
+    section = metering.metering_section({**data, "llm_apis_extra": [
+        {"host": "llm.internal", "path": "/v1/chat/completions", "provider": "openai"}]},
+        workers)
+    config = parse_config({"spool_dir": "/s", "metering": section}).metering
+    assert config.budgets == {"worker1": Decimal("25"), "worker2": Decimal("7.5")}
+    assert config.agents == {"worker1": "aider", "worker2": "claude-code"}
+    assert str(config.ledger_path) == "/mnt/data/autocode/financial/metered/ledger.sqlite3"
+    assert [a.host for a in config.apis] == ["api.anthropic.com", "api.openai.com",
+                                            "api.openai.com", "openrouter.ai", "llm.internal"]
+    assert config.prices["claude-sonnet-4"].output == Decimal("15")
+    assert (config.requests_per_second, config.burst, config.max_concurrent) == (50, 200, 128)
+    assert orchestrator_problems() == ""
+
+
+def test_bad_prices_apis_and_limits_are_refused_naming_the_inventory_field():
+    text = orchestrator_problems(
+        llm_prices={"m": {"input": "-1", "output": "x"}},
+        llm_apis_extra=[{"path": "/v1/x", "provider": "openai"}],
+        worker_rate_limit={"requests_per_second": 0}, llm_prices_taken_on="soon",
+        budget_warn_share="2")
+    for expected in ("llm_prices.m.input: must be a non-negative finite number, got '-1'",
+                     "llm_prices.m.output: must be a number, got 'x'",
+                     "llm_apis_extra[0].host: must be a host name",
+                     "worker_rate_limit.requests_per_second: must be a number > 0, got 0",
+                     "llm_prices_taken_on: must be the date the prices were taken",
+                     "budget_warn_share: must be at most 1"):
+        assert f"orchestrator 'orchestrator': {expected}" in text, expected
+
+
+def test_report_puts_metered_and_reported_side_by_side_and_flags_a_gap(tmp_path):
+    root = tmp_path / "data"
+    ledger = BudgetLedger(root / "financial/metered/ledger.sqlite3")
+    now = datetime.now(UTC)
+    for n, (worker, model, micros) in enumerate([("worker1", "claude-sonnet-4", 120_000),
+                                                 ("worker1", "claude-sonnet-4", 80_000),
+                                                 ("worker2", "gpt-4o", 50_000)]):
+        ledger.charge(idempotency_key=f"metered:f{n}", worker_id=worker, agent="claude-code",
+                      task_id="-", amount_usd=Decimal(micros) / 1_000_000, source="metered",
+                      at=now, detail={"model": model, "input_tokens": 100, "output_tokens": 10,
+                                      "estimated": n == 2, "unknown_model": False})
+    ledger.close()
+    logs = root / "logs/workers"
+    for worker, amount in (("worker1", "0.2"), ("worker2", "0.01")):
+        (logs / worker).mkdir(parents=True)
+        line = json.dumps({"text": "charged", "record": {
+            "extra": {"charge": {"key": f"k-{worker}", "amount_usd": amount}},
+            "time": {"timestamp": now.timestamp()}}})
+        # The same line forwarded twice, with a syslog prefix: counted once.
+        (logs / worker / "worker.log").write_text(f"<14>Dec  2 worker {line}\n{line}\n")
+    out = subprocess.run([str(BUDGET), "report", "--data-root", str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    workers = {w["worker"]: w for w in report["workers"]}
+    assert workers["worker1"]["metered_usd"] == "0.2"
+    assert workers["worker1"]["agent_reported_usd"] == "0.2" and not workers["worker1"]["flagged"]
+    assert workers["worker2"]["difference_usd"] == "-0.04" and workers["worker2"]["flagged"]
+    (sonnet,) = [g for g in report["by_model"] if g["model"] == "claude-sonnet-4"]
+    assert (sonnet["requests"], sonnet["input_tokens"], sonnet["metered_usd"]) == (2, 200, "0.2")
+    files = [Path(f) for f in report["files"]]
+    assert [f.suffix for f in files] == [".json", ".csv", ".svg"]
+    assert files[2].read_text().startswith("<svg") and "worker2 !" in files[2].read_text()
+    assert "claude-sonnet-4" in files[1].read_text()
+    bad = subprocess.run([str(BUDGET), "report", "--data-root", str(root), "--day", "May 1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--day 'May 1'" in bad.stderr
+
+
+def test_report_units_render():
+    from infra.render import render
+    unit = render("metering/autocode-budget-report.service.j2", command="/x report",
+                  data_root="/mnt/data/autocode")
+    assert "ExecStart=/x report" in unit and "PrivateNetwork=yes" in unit
