@@ -185,8 +185,11 @@ class AutocodeLogger:
     def _admit(self, flow: http.HTTPFlow) -> None:
         worker = self._worker(flow)
         meter = self.meter
-        api = meter.match(flow.request.pretty_host, flow.client_conn.sni, flow.request.method,
-                          flow.request.path) if meter is not None else None
+        request = flow.request
+        # Only a POST can be an LLM call: the Host header is parsed for those alone.
+        api = meter.match(request.pretty_host, flow.client_conn.sni, request.method,
+                          request.path) if meter is not None and request.method == "POST" \
+            else None
         if self.rate_limiter is not None:
             wait = self.rate_limiter.admit(worker, time.monotonic())
             if wait is not None:

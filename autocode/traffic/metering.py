@@ -440,34 +440,33 @@ def rate_limited_answer(provider: str | None, retry_after: int) -> tuple[int, di
 
 
 class RateLimiter:
-    """Per worker: a token bucket of requests per second and a count of open flows."""
+    """Per worker: a token bucket of requests per second and a count of open flows. Used
+    from the proxy's event loop only (every hook runs there), so it takes no lock."""
 
     def __init__(self, per_second: float, burst: int, max_concurrent: int):
         self.per_second = per_second
-        self.burst = max(burst, 1)
+        self.burst = float(max(burst, 1))
         self.max_concurrent = max_concurrent
-        self._lock = threading.Lock()
         self._tokens: dict[str, tuple[float, float]] = {}
         self._open: dict[str, int] = {}
 
     def admit(self, worker: str, now: float) -> int | None:
         """None if admitted (and counted open), else seconds to wait."""
-        with self._lock:
-            if self.max_concurrent and self._open.get(worker, 0) >= self.max_concurrent:
-                return 1
-            if self.per_second:
-                tokens, last = self._tokens.get(worker, (float(self.burst), now))
-                tokens = min(float(self.burst), tokens + (now - last) * self.per_second)
-                if tokens < 1:
-                    self._tokens[worker] = (tokens, now)
-                    return max(1, int((1 - tokens) / self.per_second + 0.999))
-                self._tokens[worker] = (tokens - 1, now)
-            self._open[worker] = self._open.get(worker, 0) + 1
-            return None
+        open_flows = self._open.get(worker, 0)
+        if self.max_concurrent and open_flows >= self.max_concurrent:
+            return 1
+        if self.per_second:
+            tokens, last = self._tokens.get(worker, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.per_second)
+            if tokens < 1:
+                self._tokens[worker] = (tokens, now)
+                return max(1, int((1 - tokens) / self.per_second + 0.999))
+            self._tokens[worker] = (tokens - 1, now)
+        self._open[worker] = open_flows + 1
+        return None
 
     def done(self, worker: str) -> None:
-        with self._lock:
-            self._open[worker] = max(0, self._open.get(worker, 0) - 1)
+        self._open[worker] = max(0, self._open.get(worker, 0) - 1)
 
 
 # -- the `metering` section of the traffic config -------------------------------------------
