@@ -260,7 +260,8 @@ class AutocodeLogger:
         if status is not None and status >= 400 and not usage.reported:
             usage = Usage(model=usage.model, complete=True)  # an error answer costs nothing
         else:
-            estimate(usage, request_bytes)
+            estimate(usage, request_bytes,
+                     tap.bytes_seen if tap is not None and tap.unreadable else 0)
         try:
             charge = self.meter.charge(flow.id, worker, api.provider, usage)
         except Exception:

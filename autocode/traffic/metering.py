@@ -27,6 +27,7 @@ Usage, per provider:
 from __future__ import annotations
 
 import json
+import posixpath
 import queue
 import re
 import threading
@@ -36,6 +37,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from autocode.budget import BudgetLedger, micros_to_usd, usd_to_micros
@@ -293,11 +295,13 @@ class UsageTap:
         return self.usage
 
 
-def estimate(usage: Usage, request_bytes: int) -> Usage:
+def estimate(usage: Usage, request_bytes: int, unreadable_bytes: int = 0) -> Usage:
     """Fill in what the provider did not report, from the bytes seen (rounded up); a
     complete answer with the provider's counts is left as it is."""
     if not usage.estimated:
         return usage
+    if unreadable_bytes:  # compressed past reading: a token per byte, the safe side
+        usage.output_tokens = max(usage.output_tokens, unreadable_bytes)
     if not usage.reported:
         usage.input_tokens = max(usage.input_tokens, -(-request_bytes // BYTES_PER_TOKEN))
     usage.output_tokens = max(usage.output_tokens, -(-usage.output_chars // BYTES_PER_TOKEN))
@@ -347,10 +351,10 @@ class Meter:
     def match(self, host: str, sni: str | None, method: str, path: str) -> LlmApi | None:
         if method != "POST":
             return None
-        route = path.split("?", 1)[0]
+        route = normal_path(path)
         names = {host.lower().rstrip(".")} | ({sni.lower().rstrip(".")} if sni else set())
         for api in self.config.apis:
-            if api.host in names and route.rstrip("/") == api.path.rstrip("/"):
+            if api.host in names and route == normal_path(api.path):
                 return api
         return None
 
@@ -418,6 +422,15 @@ class Meter:
         self._queue.put(None)
         self._thread.join(timeout)
         self._ledger.close()
+
+
+def normal_path(path: str) -> str:
+    """A request path as a server resolves it: no query, percent-escapes decoded, repeated
+    slashes and dot segments folded, no trailing slash; so /v1/%6Dessages or
+    //v1/./messages/ cannot slip past the table as another path."""
+    route = unquote(path.split("?", 1)[0].split("#", 1)[0])
+    route = posixpath.normpath("/" + re.sub(r"/+", "/", route).lstrip("/"))
+    return route.rstrip("/") or "/"
 
 
 def error_answer(provider: str, message: str) -> tuple[int, dict[str, Any]]:

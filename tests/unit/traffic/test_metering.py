@@ -137,7 +137,9 @@ def test_a_gzipped_answer_is_read_while_the_client_gets_it_compressed():
 def test_an_unreadable_encoding_or_garbage_never_breaks_the_stream():
     tap = UsageTap("anthropic", "text/event-stream", "br", None)
     assert tap_all(tap, b"\x00\xffnot brotli") == b"\x00\xffnot brotli"
-    assert tap.finish().estimated
+    usage = estimate(tap.finish(), request_bytes=40, unreadable_bytes=tap.bytes_seen)
+    # Charged on the safe side: every compressed byte a token.
+    assert usage.estimated and (usage.input_tokens, usage.output_tokens) == (10, 12)
     tap = UsageTap("openai", "text/event-stream", "", None)
     assert tap_all(tap, b"data: {not json\n\ndata: [1,2]\n\n") == \
         b"data: {not json\n\ndata: [1,2]\n\n"
@@ -231,3 +233,21 @@ def test_bad_metering_config_names_each_field():
                      "'metering.workers.w1.daily_budget_usd' must be a positive",
                      "'metering.rate_limit.requests_per_second' must be a number > 0"):
         assert expected in text, expected
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/", "/v1/%6Dessages",
+                                  "//v1//messages", "/v1/./messages?beta=true",
+                                  "/v1/x/../messages", "/v1/messages#frag"])
+def test_path_spellings_a_server_resolves_alike_are_all_metered(tmp_path, path):
+    from autocode.traffic.metering import LlmApi
+    meter = Meter(metering_config(tmp_path, apis=(LlmApi("api.anthropic.com", "/v1/messages",
+                                                         "anthropic"),)),
+                  logging.getLogger("test"))
+    try:
+        assert meter.match("API.Anthropic.com.", None, "POST", path) is not None
+        assert meter.match("other.example", "api.anthropic.com", "POST", path) is not None
+        assert meter.match("api.anthropic.com", None, "GET", path) is None
+        assert meter.match("api.anthropic.com", None, "POST", "/v1/messages/count_tokens") \
+            is None
+    finally:
+        meter.close()
