@@ -4,6 +4,7 @@
     autocode-worker serve  --config /etc/autocode/worker.yaml [--once] [--max-tasks N]
     autocode-worker budget --config /etc/autocode/worker.yaml [--json] [--write-report]
     autocode-worker check  --config /etc/autocode/worker.yaml
+    autocode-worker cleanup --config /etc/autocode/worker.yaml [--dry-run]
 
 `run`, `serve` and `check` take --agent-type to run another agent than the file's (the
 Nomad job passes the client's ${meta.agent_type}). `check` validates the config and finds
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -101,6 +103,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     with_agent_type(commands.add_parser(
         "check", help="validate the config and find the agent CLI; change nothing"))
+
+    cleanup = with_config(commands.add_parser(
+        "cleanup", help="remove finished tasks' work trees and run logs older than "
+                        "cleanup_after_days; never a task that has no result or is running"))
+    cleanup.add_argument("--dry-run", action="store_true", help="say what would go")
     return parser
 
 
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "check":
         return _check(config)
+    if args.command == "cleanup":
+        return _cleanup(config, args.dry_run)
     # logs/workers: the seed's folder for worker logs, the one shipped from every worker.
     configure_logging("worker", config.logs_root, config.worker_id, config.project_id,
                       folder="workers")
@@ -150,6 +159,42 @@ def _check(config: WorkerConfig) -> int:
         return EXIT_USAGE
     print(f"ok: worker {config.worker_id}, agent {config.agent_type} ({binary}), daily budget "
           f"{config.daily_budget_usd} USD")
+    return EXIT_OK
+
+
+# -- cleanup --------------------------------------------------------------------------
+
+def _cleanup(config: WorkerConfig, dry_run: bool) -> int:
+    """Finished tasks' work trees and run logs, once their result is older than
+    cleanup_after_days. A task is finished when it has a result; one still claimed (running,
+    or interrupted and not yet recorded) is never touched, nor a work tree outside the
+    projects folder (a task's own `workdir`). Results and task files stay: they are the
+    record."""
+    cutoff = time.time() - config.cleanup_after_days * 86400
+    claimed = set()
+    for path in (config.inbox_dir / CLAIMED_DIR_NAME).glob("*.json"):
+        claimed.add(path.stem)
+        try:  # its id, which names its folders, may differ from its file's name
+            claimed.add(str(json.loads(path.read_text()).get("id", path.stem)))
+        except (OSError, ValueError, AttributeError):
+            pass
+    removed = kept = 0
+    for result in sorted(config.results_dir.glob("*.json")):
+        if result.name.endswith(".task.json"):
+            continue
+        task_id = result.stem
+        if result.stat().st_mtime >= cutoff or task_id in claimed:
+            kept += 1
+            continue
+        for folder in (config.projects_dir / task_id, config.runs_dir / task_id):
+            # The id came from a file name: it must name a folder right inside, no further.
+            if folder.parent.resolve() != folder.resolve().parent or not folder.is_dir():
+                continue
+            if not dry_run:
+                shutil.rmtree(folder)
+            removed += 1
+    print(f"{'would remove' if dry_run else 'removed'} {removed} folder(s) of tasks finished "
+          f"more than {config.cleanup_after_days:g} days ago; {kept} newer or running kept")
     return EXIT_OK
 
 

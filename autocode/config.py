@@ -18,6 +18,8 @@ Optional (default):
   max_turns:          50                    default agent turn limit per task, > 0
   max_output_mb:      16                    stdout kept per task; the rest is discarded
   poll_interval_s:    5                     how often `serve` looks at the inbox, > 0
+  cleanup_after_days: 14                    `cleanup` removes a finished task's work tree
+                                            and run logs this many days after its result
   artifacts_dir:      <data_root>/worker-artifacts/<worker_id>
   inbox_dir:          <artifacts_dir>/inbox
   logs_root:          <data_root>/logs
@@ -95,6 +97,7 @@ class WorkerConfig:
     max_turns: int = 50
     max_output_mb: int = 16
     poll_interval_s: float = 5.0
+    cleanup_after_days: float = 14.0
     artifacts_dir: Path = Path()
     inbox_dir: Path = Path()
     logs_root: Path = Path()
@@ -263,7 +266,8 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
 
     for name, kind, zero_ok in (("task_timeout_s", float, False), ("kill_grace_s", float, True),
                                 ("max_turns", int, False), ("max_output_mb", int, False),
-                                ("poll_interval_s", float, False)):
+                                ("poll_interval_s", float, False),
+                                ("cleanup_after_days", float, False)):
         if name in raw:
             value = raw[name]
             ok = isinstance(value, int | float) and not isinstance(value, bool)

@@ -12,6 +12,8 @@ With `worker_runner: systemd` the unit runs the agent; with `nomad` the Nomad jo
 
 from __future__ import annotations
 
+import re
+
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -33,7 +35,9 @@ FIELDS = {"worker_id": "name", "project_id": "project_id", "agent_type": "agent_
           "timezone": "timezone", "orchestrator_url": "orchestrator_url",
           "model_endpoint": "model_endpoint", "model_name": "model_name",
           "model_api_key_file": "model_api_key_file",
+          "cleanup_after_days": "task_cleanup_days",
           **{limit: f"agent_limits.{limit}" for limit in LIMITS}}
+CLEANUP_UNITS = ("autocode-worker-cleanup.service", "autocode-worker-cleanup.timer")
 
 # Checked by the components that own them (runtime, base, agent_clis, vault), once.
 CHECKED_ELSEWHERE = {"project_id", "agent_type", "daily_budget_usd", "timezone", "data_root",
@@ -64,6 +68,7 @@ def worker_settings(name: str, data) -> dict:
         f"http://{data['orchestrator_address']}:8000/v1",
         "model_name": data.get("model_name"),
         **(limits if isinstance(limits, dict) else {}),
+        "cleanup_after_days": data.get("task_cleanup_days"),
         "agent_binaries": agent_clis.installed_binaries(data),
     }
     if data.get("model_api_key_file"):
@@ -93,6 +98,10 @@ def check(problems: Problems, role: str, data) -> None:
         value = data.get(field)
         if value is not None and not isinstance(value, str):
             problems.add(field, f"{value!r} must be a string")
+    calendar = data.get("task_cleanup_calendar")
+    if not (isinstance(calendar, str) and re.fullmatch(r"[A-Za-z0-9*:/ ,.~-]+", calendar)):
+        problems.add("task_cleanup_calendar", f"{calendar!r} is not a systemd OnCalendar "
+                     "expression, e.g. *-*-* 04:20:00")
     key_file = data.get("model_api_key_file")
     if isinstance(key_file, str) and key_file and not key_file.startswith("/"):
         problems.add("model_api_key_file", f"{key_file!r} must be an absolute path on the worker")
@@ -123,6 +132,10 @@ COMPONENT = Component(
         "orchestrator_url": "",
         "agent_limits": {"task_timeout_s": 3600, "kill_grace_s": 10, "max_turns": 50,
                          "max_output_mb": 16, "poll_interval_s": 5},
+        # Finished tasks' work trees and run logs go this many days after their result
+        # (`autocode-worker cleanup`, daily); results and task files stay.
+        "task_cleanup_days": 14,
+        "task_cleanup_calendar": "*-*-* 04:20:00",
     }},
     check=check,
     runtime_extras={"worker": ()},
@@ -183,6 +196,16 @@ def worker() -> None:
     check_command = f"runuser -u {q(user)} -- {q(venv)}/bin/autocode-worker check --config {{}}"
     config_op = checked_config(name=f"Config {path}", path=path, text=text, user="root",
                                group=user, mode="640", check_command=check_command)
+    cleanup = f"{venv}/bin/autocode-worker cleanup --config {path}"
+    systemd_unit(name="Unit autocode-worker-cleanup.service",
+                 unit="autocode-worker-cleanup.service", running=False, enabled=False,
+                 batch=CLEANUP_UNITS,
+                 text=render("worker/autocode-worker-cleanup.service.j2", command=cleanup,
+                             user=user, data_root=data["data_root"]))
+    systemd_unit(name="Unit autocode-worker-cleanup.timer", unit="autocode-worker-cleanup.timer",
+                 batch=CLEANUP_UNITS,
+                 text=render("worker/autocode-worker-cleanup.timer.j2",
+                             calendar=data["task_cleanup_calendar"]))
     if data["worker_runner"] != "systemd":
         return
     from tasks.mitmproxy import AGENT_ENV

@@ -279,3 +279,28 @@ def test_nodesource_is_planned_where_node_is_needed(lab, ssh, converged):
         assert changes.get(f"Agent CLIs | {op}") == node_workers, op
     assert ssh("worker1", "test -e /etc/apt/sources.list.d/nodesource.sources",
                check=False).returncode != 0, "a dry plan wrote to worker1"
+
+
+def test_the_daily_cleanup_removes_exactly_old_finished_work_trees(ssh, converged):
+    host = "worker2"
+    base = artifacts(host)
+    old = int(time.time()) - (WORKERS["task_cleanup_days"] + 1) * 86400
+    plant = []
+    for task_id in (f"old-{RUN}", f"fresh-{RUN}", f"old-claimed-{RUN}"):
+        plant.append(f"mkdir -p {base}/projects/{task_id}/src {base}/runs/{task_id} && "
+                     f"touch {base}/projects/{task_id}/src/a.c && "
+                     f"echo '{{}}' > {base}/results/{task_id}.json")
+    plant.append(f"touch -d @{old} {base}/results/old-{RUN}.json "
+                 f"{base}/results/old-claimed-{RUN}.json")
+    plant.append(f"echo '{{\"prompt\": \"x\"}}' > {base}/inbox/.claimed/old-claimed-{RUN}.json")
+    ssh(host, " && ".join(plant) + f" && chown -R {AGENT}: {base}")
+    ssh(host, "systemctl start autocode-worker-cleanup.service")
+    gone = {t: ssh(host, f"test -e {base}/projects/{t}", check=False).returncode != 0
+            for t in (f"old-{RUN}", f"fresh-{RUN}", f"old-claimed-{RUN}")}
+    assert gone == {f"old-{RUN}": True, f"fresh-{RUN}": False, f"old-claimed-{RUN}": False}
+    assert ssh(host, f"test -e {base}/runs/old-{RUN}", check=False).returncode != 0
+    ssh(host, f"test -e {base}/results/old-{RUN}.json")  # the record stays
+    # Not picked up again by the service: the planted claim is removed.
+    ssh(host, f"rm -f {base}/inbox/.claimed/old-claimed-{RUN}.json")
+    journal = ssh(host, "journalctl -u autocode-worker-cleanup.service -o cat --no-pager").stdout
+    assert "removed 2 folder(s)" in journal

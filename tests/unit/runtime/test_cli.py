@@ -271,3 +271,41 @@ def test_environment_and_agent_type_override_the_file_and_are_checked(worker, tm
     # The budget the environment gives is the one the CLI gets as its cap.
     argv = worker.calls()[-1]["argv"]
     assert ran.returncode == 0 and argv[argv.index("--max-budget-usd") + 1] == "0.2500"
+
+
+def test_cleanup_removes_exactly_the_old_finished_tasks_folders(worker, tmp_path):
+    worker.write_config(cleanup_after_days=7)
+    old, fresh = time.time() - 8 * 86400, time.time() - 86400
+    layout = {"old-done": old, "fresh-done": fresh, "old-running": old, "old-named": old}
+    for task_id, mtime in layout.items():
+        for folder in ("projects", "runs"):
+            (worker.artifacts / folder / task_id / "sub").mkdir(parents=True)
+            (worker.artifacts / folder / task_id / "sub" / "f.txt").write_text("x")
+        result = worker.artifacts / "results" / f"{task_id}.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text("{}")
+        os.utime(result, (mtime, mtime))
+    claimed = worker.inbox / ".claimed"
+    claimed.mkdir(parents=True)
+    (claimed / "old-running.json").write_text('{"prompt": "x"}')
+    (claimed / "file-name.json").write_text('{"prompt": "x", "id": "old-named"}')
+    # A planted link must not lead the cleanup out of its folders.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (worker.artifacts / "projects" / "old-link").symlink_to(outside)
+    link_result = worker.artifacts / "results" / "old-link.json"
+    link_result.write_text("{}")
+    os.utime(link_result, (old, old))
+
+    dry = worker.run("cleanup", "--dry-run")
+    assert dry.returncode == 0 and "would remove 2 folder(s)" in dry.stdout
+    assert (worker.artifacts / "projects" / "old-done").is_dir()
+    out = worker.run("cleanup")
+    assert out.returncode == 0 and "removed 2 folder(s)" in out.stdout, out.stdout
+    left = {(f, t) for f in ("projects", "runs") for t in layout
+            if (worker.artifacts / f / t).is_dir()}
+    assert left == {(f, t) for f in ("projects", "runs")
+                    for t in ("fresh-done", "old-running", "old-named")}
+    assert (worker.artifacts / "results" / "old-done.json").exists()  # the record stays
+    assert (outside / "keep.txt").read_text() == "keep"
