@@ -22,6 +22,7 @@ import time
 from mitmproxy import ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 
+from autocode.traffic.cache import PackageCache
 from autocode.traffic.config import TrafficConfig, TrafficConfigError, load_config
 from autocode.traffic.metering import (
     Meter,
@@ -50,6 +51,7 @@ TAP = "autocode_usage_tap"
 REQUEST_FACTS = "autocode_llm_request"  # (model, request bytes) of a metered call
 LLM = "autocode_llm"  # the priced call, for its record
 ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow holds
+CACHE = "autocode_cache"  # hit, or the digest to store the answer under
 NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
 
 
@@ -95,6 +97,7 @@ class AutocodeLogger:
         self.blocked_flows = 0
         self.meter: Meter | None = None
         self.rate_limiter: RateLimiter | None = None
+        self.cache: PackageCache | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -126,6 +129,8 @@ class AutocodeLogger:
             if metering.requests_per_second or metering.max_concurrent:
                 self.rate_limiter = RateLimiter(metering.requests_per_second, metering.burst,
                                                 metering.max_concurrent)
+        if config.package_cache is not None:
+            self.cache = PackageCache(config.package_cache, log)
         self.redactor = Redactor(
             config.redact_headers, config.redact_patterns, config.redact_value_patterns
         )
@@ -148,6 +153,9 @@ class AutocodeLogger:
             self.meter.close()
             self.meter = None
         self.rate_limiter = None
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
 
     # -- flow hooks: plain functions that never block (a coroutine per hook costs more) --
 
@@ -174,6 +182,21 @@ class AutocodeLogger:
             return
         if self.meter is not None or self.rate_limiter is not None:
             self._admit(flow)
+        if self.cache is not None and flow.response is None and flow.request.method == "GET":
+            self._from_cache(flow)
+
+    def _from_cache(self, flow: http.HTTPFlow) -> None:
+        key = self.cache.key(flow.request.pretty_host, flow.request.path)
+        if key is None:
+            return
+        body = self.cache.lookup(key)
+        if body is None:
+            flow.metadata[CACHE] = key  # fetched: stored once it has arrived whole
+            return
+        flow.metadata[CACHE] = "hit"
+        flow.request.stream = False
+        flow.response = http.Response.make(200, body, {
+            "Content-Type": "application/octet-stream", "X-Autocode-Cache": "hit"})
 
     # -- spend metering and rate limits (autocode/traffic/metering.py) -----------------------
 
@@ -271,6 +294,12 @@ class AutocodeLogger:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._meter_done(flow)
+        key = flow.metadata.get(CACHE)
+        if key not in (None, "hit") and self.cache is not None and flow.response is not None \
+                and flow.response.status_code == 200 and flow.response.raw_content is not None:
+            # What the client got, decoded as the URL's digest names it.
+            self.cache.store(key, flow.response.get_content(strict=False) or b"")
+            flow.metadata[CACHE] = "miss"
         self._record(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -403,6 +432,8 @@ class AutocodeLogger:
                                   "blocked" if refused else "allowed", refused)
             if LLM in metadata:
                 record["llm"] = metadata[LLM]
+            if metadata.get(CACHE) in ("hit", "miss"):
+                record["cache"] = metadata[CACHE]
         except Exception:
             # A bug here must not kill the flow; the slot must not leak either.
             log.exception("autocode traffic logger could not build a record")

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from autocode.traffic.cache import CacheConfig, parse_cache
 from autocode.traffic.metering import MeteringConfig, parse_metering
 
 DEFAULT_INDEX = "autocode-traffic"
@@ -67,6 +68,8 @@ class TrafficConfig:
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     # Spend metering of LLM API calls (autocode/traffic/metering.py); None: off.
     metering: MeteringConfig | None = None
+    # The cache of content-addressed package artifacts (autocode/traffic/cache.py).
+    package_cache: CacheConfig | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -257,6 +260,7 @@ def parse_config(data: Any) -> TrafficConfig:
         keep_shipped_segments=_bool(p, data, "keep_shipped_segments", False),
         elasticsearch=_elasticsearch(p, data),
         metering=parse_metering(p, data.get("metering")),
+        package_cache=parse_cache(p, data.get("package_cache")),
     )
     if p.items:
         raise TrafficConfigError("\n".join(p.items), problems=p.items)
