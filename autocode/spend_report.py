@@ -21,7 +21,7 @@ import os
 import sys
 from collections import defaultdict
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -32,6 +32,7 @@ from autocode.budget import BudgetLedger
 LEDGER = Path("financial/metered/ledger.sqlite3")
 REPORTS = Path("financial/reports")
 WORKER_LOGS = Path("logs/workers")
+MICRO = Decimal("0.000001")
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
@@ -61,7 +62,9 @@ def reported_charges(logs_dir: Path, day: date, tz: ZoneInfo) -> dict[str, Decim
                         record = json.loads(line[start:]).get("record", {})
                         charge = record["extra"]["charge"]
                         when = datetime.fromtimestamp(record["time"]["timestamp"], tz).date()
-                        amount = Decimal(str(charge["amount_usd"]))
+                        # To the micro-dollar, rounded up, as the ledger charged it.
+                        amount = Decimal(str(charge["amount_usd"])).quantize(
+                            MICRO, rounding=ROUND_CEILING)
                     except (ValueError, KeyError, TypeError, ArithmeticError):
                         continue
                     if when != day or charge.get("key") in seen:
