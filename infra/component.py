@@ -26,6 +26,10 @@ def _no_ports(data: Mapping[str, Any]) -> Iterable[int]:
     return ()
 
 
+def _no_private(data: Mapping[str, Any]) -> Mapping[int, Iterable[str]]:
+    return {}
+
+
 def _no_pins(data: Mapping[str, Any]) -> Iterable[str]:
     return ()
 
@@ -44,6 +48,9 @@ class Component:
       opens them on both firewalls), from the host's data
     + management_ports: TCP ports on the orchestrator that, besides workers allowed by
       worker_ports, only the management networks may reach (network drops the rest)
+    + private_ports: TCP ports on the orchestrator that only loopback and the networks
+      listed for each may reach ({port: [network, ...]}; an empty list: loopback only),
+      for services without authentication of their own; workers never
     + runtime_extras: per role, extras of the autocode runtime it needs on that host
     + runtime_pins: requirement pins it needs in the runtime's virtualenv, from the data
     """
@@ -56,6 +63,7 @@ class Component:
     data_tree: Mapping[str, Mapping[str, FolderSpec]] = field(default_factory=dict)
     worker_ports: Callable[[Mapping[str, Any]], Iterable[int]] = _no_ports
     management_ports: Callable[[Mapping[str, Any]], Iterable[int]] = _no_ports
+    private_ports: Callable[[Mapping[str, Any]], Mapping[int, Iterable[str]]] = _no_private
     runtime_extras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     runtime_pins: Callable[[Mapping[str, Any]], Iterable[str]] = _no_pins
 

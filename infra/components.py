@@ -93,6 +93,16 @@ def management_ports(data: Mapping[str, Any]) -> list[int]:
     return sorted(ports)
 
 
+def private_ports(data: Mapping[str, Any]) -> dict[int, list[str]]:
+    """TCP ports on the orchestrator that only loopback and the listed networks may reach."""
+    ports: dict[int, list[str]] = {}
+    for component in of_role("orchestrator"):
+        for port, nets in component.private_ports(data).items():
+            ports.setdefault(port, [])
+            ports[port] += [n for n in nets if n not in ports[port]]
+    return dict(sorted(ports.items()))
+
+
 def runtime_needs(role: str, data: Mapping[str, Any]) -> tuple[tuple[str, ...],
                                                                 tuple[str, ...]] | None:
     """(extras, pins) of the one runtime install on a host of this role, or None when no

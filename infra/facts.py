@@ -280,3 +280,14 @@ class SshClientAddress(FactBase):
 
     def process(self, output):
         return "".join(output).strip() or None
+
+
+class MemoryMB(FactBase):
+    """The host's memory in MB, from /proc/meminfo (no procps needed); None if unreadable."""
+
+    def command(self) -> str:
+        return "awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo"
+
+    def process(self, output):
+        text = "".join(output).strip()
+        return int(text) if text.isdigit() else None

@@ -59,6 +59,14 @@ def render(cfg: LabConfig) -> dict:
                  "provider": "anthropic"},
                 {"host": cfg.internet.uplink_addr, "path": "/v1/chat/completions",
                  "provider": "openai"}],
+            # Elastic's builds are not reachable here either: no node, no Filebeat; the
+            # logging tests point elasticsearch_mode: external at the Elasticsearch double
+            # run on the orchestrator as a lab fixture (tests/lab/test_logging.py).
+            "elasticsearch_mode": "none",
+            # No GPUs here, and serving on CPU needs a 3.7 GB venv: not in the lab's deploy
+            # (tests/unit/serving runs the CPU path for real).
+            "model_serving": "disabled",
+            "filebeat_enabled": False,
         },
         "orchestrator": {
             "name": orch.name,

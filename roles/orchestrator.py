@@ -1,13 +1,29 @@
-"""The orchestrator: the workers' gateway and egress proxy, their DNS forwarder.
+"""The orchestrator: the workers' gateway and egress proxy, their DNS forwarder, secrets,
+logs, the Nomad server and model serving."""
 
-Model serving and logs are components still to come (README: "What is deployed
-today")."""
-
-from tasks import base, dns, metering, mitmproxy, network, nomad, platform_ca, runtime, vault
+from tasks import (
+    backup,
+    base,
+    dns,
+    elasticsearch,
+    filebeat,
+    log_forwarding,
+    metering,
+    mitmproxy,
+    network,
+    nomad,
+    platform_ca,
+    runtime,
+    serving,
+    vault,
+)
 
 # Base first: every later component relies on its accounts and folders; the runtime
-# before the proxy, which runs from it.
-COMPONENTS = [base, network, dns, platform_ca, runtime, mitmproxy, metering, vault, nomad]
+# before the proxy, which runs from it; Elasticsearch's data streams before the traffic
+# shipper writes to them; the log receiver and Filebeat last, once the services whose
+# logs they carry are there; the backup timer once what it backs up exists.
+COMPONENTS = [base, network, dns, platform_ca, runtime, elasticsearch, mitmproxy, metering,
+              vault, nomad, serving, log_forwarding, filebeat, backup]
 
 
 def apply() -> None:

@@ -2,8 +2,10 @@
 
 from tasks import (
     agent_clis,
+    backup,
     base,
     dns,
+    log_forwarding,
     mitmproxy,
     network,
     nomad,
@@ -16,9 +18,10 @@ from tasks import (
 # Egress and DNS before base: once the orchestrator's firewall is loaded, they are the
 # only way a worker reaches a package mirror. The proxy's CA before the runtime, whose pip
 # install goes through the proxy. The agent last: its config names Vault and the CLIs,
-# and with worker_runner: nomad the Nomad client (and not its unit) runs it.
+# and with worker_runner: nomad the Nomad client (and not its unit) runs it. Its logs'
+# forwarder after it, reading the folder it writes; the backup timer last.
 COMPONENTS = [network, dns, base, platform_ca, mitmproxy, runtime, vault, nomad, agent_clis,
-              worker]
+              worker, log_forwarding, backup]
 
 
 def apply() -> None:

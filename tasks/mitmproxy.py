@@ -26,7 +26,7 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_bool, check_pem_files
+from infra.validation import Problems, check_bool, check_pem_files, is_number
 from tasks import metering, runtime
 
 PROXY_USER = "autocode-proxy"
@@ -49,13 +49,19 @@ def check(problems: Problems, role: str, data) -> None:
                      f"one of {', '.join(NON_HTTP_POLICIES)} (block refuses and records "
                      "connections that are not HTTP; allow relays and records them)")
     check_pem_files(problems, "proxy_upstream_ca_certs", data.get("proxy_upstream_ca_certs"))
+    size = data.get("package_cache_max_gb")
+    if not (is_number(size) and size >= 0):
+        problems.add("package_cache_max_gb", f"{size!r} is not a size in GB; e.g. 5, or 0 "
+                     "for no package cache")
     version = data.get("mitmproxy_version")
     if not (isinstance(version, str) and version[:1].isdigit()):
         problems.add("mitmproxy_version", f"{version!r} is not a version; pin one, e.g. 11.0.2")
     url = data.get("traffic_elasticsearch_url")
-    if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+    if url is not None and not (isinstance(url, str) and url.startswith(("http://",
+                                                                         "https://"))):
         problems.add("traffic_elasticsearch_url", f"{url!r} is not an http(s) URL; e.g. "
-                     "http://127.0.0.1:9200")
+                     "http://127.0.0.1:9200, or leave it unset for the elasticsearch "
+                     "component's cluster")
 
 
 COMPONENT = Component(
@@ -72,14 +78,20 @@ COMPONENT = Component(
         # Control-machine paths of CA certificates the proxy trusts upstream, beyond the
         # system store.
         "proxy_upstream_ca_certs": [],
-        # Where the traffic shipper sends the spool.
-        "traffic_elasticsearch_url": "http://127.0.0.1:9200",
+        # Where the traffic shipper sends the spool; unset: the elasticsearch component's
+        # cluster (the local node, or elasticsearch_url), with its API key and CA.
+        "traffic_elasticsearch_url": None,
+        # Content-addressed package artifacts (PyPI's files) served from the orchestrator's
+        # disk, each checked against its digest; 0 turns the cache off.
+        "package_cache_max_gb": 5,
     },
     check=check,
     system_users={"orchestrator": (PROXY_USER,)},
     data_tree={"orchestrator": {
         "logs/traffic": (PROXY_USER, "autocode", "750"),
         "logs/traffic/spool": (PROXY_USER, "autocode", "750"),
+        "cache": ("root", "root", "755"),
+        "cache/packages": (PROXY_USER, PROXY_USER, "750"),
     }},
     worker_ports=lambda data: [data["mitmproxy_port"]],
     runtime_extras={"orchestrator": ("proxy",)},
@@ -91,6 +103,10 @@ def spool_dir(data) -> str:
     return f"{data['data_root']}/logs/traffic/spool"
 
 
+def cache_dir(data) -> str:
+    return f"{data['data_root']}/cache/packages"
+
+
 def traffic_config(data, workers: dict[str, str], metered: dict[str, dict] | None = None
                    ) -> str:
     """The traffic logger's configuration, built as data and written by the runtime's own
@@ -98,13 +114,26 @@ def traffic_config(data, workers: dict[str, str], metered: dict[str, dict] | Non
     host data by name, whose LLM calls are metered and capped (tasks/metering.py)."""
     extra = {"metering": metering.metering_section(data, metered)} if metered is not None \
         else {}
+    if data.get("package_cache_max_gb"):
+        extra["package_cache"] = {"dir": cache_dir(data),
+                                  "max_bytes": int(data["package_cache_max_gb"] * 1024**3)}
     return dump_config({**extra,
         "spool_dir": spool_dir(data),
         "fail_closed": bool(data["proxy_fail_closed"]),
         "non_http": data["proxy_non_http"],
         "workers": workers,
-        "elasticsearch": {"url": data["traffic_elasticsearch_url"], "index": DEFAULT_INDEX},
+        "elasticsearch": shipper_target(data),
     })
+
+
+def shipper_target(data) -> dict:
+    """The shipper's `elasticsearch` section: the data stream the elasticsearch component
+    makes, on its cluster unless traffic_elasticsearch_url names another."""
+    from tasks import elasticsearch
+    target = {k: v for k, v in elasticsearch.client(data).items() if v is not None}
+    if data.get("traffic_elasticsearch_url"):
+        target = {"url": data["traffic_elasticsearch_url"]}
+    return {**target, "index": DEFAULT_INDEX}
 
 
 @deploy("mitmproxy")
@@ -138,7 +167,8 @@ def orchestrator() -> None:
 
     common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG,
                   spool_dir=spool_dir(data.dict()),
-                  ledger_dir=f"{data.data_root}/{Path(metering.LEDGER).parent}")
+                  ledger_dir=f"{data.data_root}/{Path(metering.LEDGER).parent}",
+                  cache_dir=cache_dir(data.dict()))
     inputs = {"traffic.yaml": digest(config), "runtime": runtime.install_digest() or ""}
     check_config = (f"runuser -u {PROXY_USER} -- {q(venv)}/bin/autocode-traffic-shipper "
                     f"--check-config --config {q(TRAFFIC_CONFIG)}")

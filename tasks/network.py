@@ -84,7 +84,8 @@ def orchestrator() -> None:
                   proxy_port=data.mitmproxy_port, dns_port=data.dns_port,
                   worker_tcp_ports=components.worker_ports(data.dict()),
                   management_tcp_ports=components.management_ports(data.dict()),
-                  management_networks=_management_networks(data)),
+                  management_networks=_management_networks(data),
+                  private_tcp_ports=components.private_ports(data.dict())),
         v6=render("network/orchestrator.rules.v6.j2", worker_network6=data.worker_network6),
     )
 

@@ -57,6 +57,7 @@ BACKUP_TOKEN = f"{CONFDIR}/backup-token"
 BACKUP_SCRIPT = "/usr/local/lib/autocode/vault-backup"
 RESTORE_SCRIPT = "/usr/local/sbin/autocode-vault-restore"
 CHECK_SCRIPT = "/usr/local/lib/autocode/vault-check-config"
+AUDIT_LOGROTATE = "/etc/logrotate.d/autocode-vault-audit"
 # Where the deploy records which token it put in each token file (root only).
 RECORDS = "/var/lib/autocode-deploy/vault"
 # On workers: SecretManager's default token file, and the variables pointing it at Vault.
@@ -410,6 +411,9 @@ def orchestrator() -> None:
                  batch=units,
                  text=render("vault/autocode-vault-backup.service.j2", script=BACKUP_SCRIPT,
                              user=VAULT_USER, backups=backups, unit=kind.unit))
+    file_content(name="logrotate for Vault's audit log", path=AUDIT_LOGROTATE,
+                 text=render("vault/logrotate-audit.j2", audit_log=audit_log, unit=kind.unit,
+                             user=VAULT_USER, keep=data.log_retention_days))
     systemd_unit(name="Unit autocode-vault-backup.timer", unit="autocode-vault-backup.timer",
                  batch=units,
                  text=render("vault/autocode-vault-backup.timer.j2",

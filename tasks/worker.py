@@ -65,7 +65,7 @@ def worker_settings(name: str, data) -> dict:
         "timezone": data.get("timezone"),
         "orchestrator_url": orchestrator_url(data),
         "model_endpoint": data.get("model_endpoint") or
-        f"http://{data['orchestrator_address']}:8000/v1",
+        f"http://{data['orchestrator_address']}:{data.get('model_api_port', 8000)}/v1",
         "model_name": data.get("model_name"),
         **(limits if isinstance(limits, dict) else {}),
         "cleanup_after_days": data.get("task_cleanup_days"),
@@ -123,7 +123,7 @@ COMPONENT = Component(
     name="worker",
     role_settings={"worker": {
         # http(s) base URL of the model API agents use; empty: the orchestrator's model
-        # server at http://<orchestrator_address>:8000/v1.
+        # server at http://<orchestrator_address>:<model_api_port>/v1.
         "model_endpoint": "",
         "model_name": "qwen-2.5-coder-32b",
         # A file on the worker holding the model API's key, if it needs one.

@@ -15,6 +15,16 @@ Faults (queued with ``inject``, one consumed per bulk request): ``"429"``, ``"50
 answered 429), ``"stall"`` (the request is held until ``release()``, then processed as
 usual: a client that gave up meanwhile finds its documents stored when it sends them
 again). ``down()``/``up()`` stop and restart listening on the same port.
+
+Index management, as documented for Elasticsearch 8 (what the deploy's operations use,
+infra/elasticsearch.py): ``_ilm/policy/<name>`` (a PUT bumps ``version`` even when the
+policy is the same, as Elasticsearch does), ``_index_template/<name>``, ``_data_stream/<name>``
+(a PUT needs a matching template with ``data_stream``; a bulk ``create`` into a name such a
+template matches makes the stream), ``_snapshot/<repo>`` and ``_slm/policy/<id>``; GET of a
+missing one answers 404 with the vendor's error type. Every request is counted
+(``requests``), and ``GET /_double/requests`` and ``GET /_double/docs/<stream>`` answer what
+the double saw and holds (the lab reads them; they are the double's own, never
+Elasticsearch's).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ class FaultServerBase:
     """Listening, fault queue and counters shared by the double and the front."""
 
     def __init__(self) -> None:
+        self.host = "127.0.0.1"
         self.port = 0
         self.faults: list[str] = []
         self.bulk_requests = 0
@@ -56,7 +67,7 @@ class FaultServerBase:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{'127.0.0.1' if self.host == '0.0.0.0' else self.host}:{self.port}"
 
     def inject(self, *faults: str) -> None:
         with self._lock:
@@ -80,7 +91,7 @@ class FaultServerBase:
         class Handler(_Handler):
             server_owner = owner
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -147,6 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
         path = self.path.split("?", 1)[0]
+        log = getattr(self.server_owner, "requests", None)
+        if log is not None:
+            with self.server_owner._lock:
+                log.append((self.command, path))
         if self.command in ("POST", "PUT") and re.fullmatch(r"(/[^/_][^/]*)?/_bulk", path):
             self.server_owner.handle_bulk(self, path, body)
         else:
@@ -214,6 +229,12 @@ class ESDouble(FaultServerBase):
         self.indices: dict[str, dict[str, dict]] = {}
         self.mappings: dict[str, dict[str, str]] = {}
         self._seq = 0
+        self.requests: list[tuple[str, str]] = []
+        self.ilm_policies: dict[str, dict] = {}  # name -> {"version", "modified_date", "policy"}
+        self.index_templates: dict[str, dict] = {}
+        self.data_streams: dict[str, dict] = {}
+        self.repositories: dict[str, dict] = {}
+        self.slm_policies: dict[str, dict] = {}
 
     def ids(self, index: str) -> list[str]:
         with self._lock:
@@ -223,20 +244,158 @@ class ESDouble(FaultServerBase):
         with self._lock:
             return list(self.indices.get(index, {}).values())
 
+    def writes(self) -> list[tuple[str, str]]:
+        """Requests that change index management (PUT, POST but bulk, DELETE)."""
+        with self._lock:
+            return [(m, p) for m, p in self.requests
+                    if m in ("PUT", "POST", "DELETE") and not p.endswith("/_bulk")]
+
+    def _template_for(self, name: str) -> tuple[str, dict] | None:
+        """The highest-priority index template whose pattern matches `name`."""
+        best = None
+        for tname, template in self.index_templates.items():
+            for pattern in template.get("index_patterns") or []:
+                if re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), name):
+                    if best is None or template.get("priority", 0) > best[1].get("priority", 0):
+                        best = (tname, template)
+        return best
+
+    def _make_stream(self, name: str) -> dict | None:
+        """The data stream `name`, made from its template; None when no template has
+        data_stream for it (the caller answers the vendor's error)."""
+        if name in self.data_streams:
+            return self.data_streams[name]
+        found = self._template_for(name)
+        if found is None or "data_stream" not in found[1]:
+            return None
+        tname, template = found
+        settings = (template.get("template") or {}).get("settings") or {}
+        policy = ((settings.get("index") or {}).get("lifecycle") or {}).get("name") or \
+            settings.get("index.lifecycle.name")
+        stream = {"name": name, "timestamp_field": {"name": "@timestamp"},
+                  "indices": [{"index_name": f".ds-{name}-000001"}], "generation": 1,
+                  "status": "GREEN", "template": tname, "hidden": False}
+        if policy:
+            stream["ilm_policy"] = policy
+        self.data_streams[name] = stream
+        self.indices.setdefault(name, {})
+        return stream
+
     def handle(self, handler: _Handler, method: str, path: str, body: bytes) -> None:
-        if path == "/" and method in ("GET", "HEAD"):
-            handler.send_json(200, {"name": "es-double", "cluster_name": "double",
-                                    "version": {"number": "8.19.0", "build_flavor": "default"},
-                                    "tagline": "You Know, for Search"})
-        elif method == "PUT" and path.startswith("/_index_template/"):
-            handler.send_json(200, {"acknowledged": True})
-        elif method == "DELETE" and path.startswith("/_data_stream/"):
-            with self._lock:
-                self.indices.pop(path.rsplit("/", 1)[1], None)
-            handler.send_json(200, {"acknowledged": True})
-        else:
-            handler.send_json(404, _es_error(404, "resource_not_found_exception",
-                                             f"no handler for [{method} {path}]"))
+        try:
+            doc = json.loads(body) if body.strip() else None
+        except ValueError:
+            handler.send_json(400, _es_error(400, "parse_exception", "request body is not JSON"))
+            return
+        parts = [p for p in path.split("/") if p]
+        with self._lock:
+            status, payload = self._route(method, parts, doc)
+        handler.send_json(status, payload)
+
+    def _route(self, method: str, parts: list[str], doc: Any) -> tuple[int, Any]:
+        missing = (404, _es_error(404, "resource_not_found_exception",
+                                  f"no handler for [{method} /{'/'.join(parts)}]"))
+        if not parts and method in ("GET", "HEAD"):
+            return 200, {"name": "es-double", "cluster_name": "double",
+                         "version": {"number": "8.19.0", "build_flavor": "default"},
+                         "tagline": "You Know, for Search"}
+        if parts[:1] == ["_double"]:
+            if parts[1:] == ["requests"]:
+                return 200, {"requests": [list(r) for r in self.requests]}
+            if len(parts) == 3 and parts[1] == "docs":
+                return 200, {"docs": list(self.indices.get(parts[2], {}).values())}
+            return missing
+        if len(parts) == 3 and parts[:2] == ["_ilm", "policy"]:
+            return self._versioned(self.ilm_policies, method, parts[2], doc, "policy",
+                                   "ILM policy")
+        if len(parts) == 3 and parts[:2] == ["_slm", "policy"]:
+            return self._versioned(self.slm_policies, method, parts[2], doc, None,
+                                   "snapshot lifecycle policy")
+        if len(parts) == 2 and parts[0] == "_index_template":
+            name = parts[1]
+            if method == "GET":
+                if name not in self.index_templates:
+                    return 404, _es_error(404, "resource_not_found_exception",
+                                          f"index template matching [{name}] not found")
+                return 200, {"index_templates": [{"name": name,
+                                                  "index_template": self.index_templates[name]}]}
+            if method == "PUT":
+                if not isinstance(doc, dict) or not doc.get("index_patterns"):
+                    return 400, _es_error(400, "action_request_validation_exception",
+                                          "Validation Failed: 1: index patterns are missing;")
+                self.index_templates[name] = doc
+                return 200, {"acknowledged": True}
+            if method == "DELETE":
+                self.index_templates.pop(name, None)
+                return 200, {"acknowledged": True}
+            return missing
+        if len(parts) == 2 and parts[0] == "_data_stream":
+            name = parts[1]
+            if method == "GET":
+                if name not in self.data_streams:
+                    return 404, _es_error(404, "index_not_found_exception",
+                                          f"no such index [{name}]")
+                return 200, {"data_streams": [self.data_streams[name]]}
+            if method == "PUT":
+                if name in self.data_streams:
+                    return 400, _es_error(400, "resource_already_exists_exception",
+                                          f"data_stream [{name}] already exists")
+                if self._make_stream(name) is None:
+                    return 400, _es_error(400, "illegal_argument_exception",
+                                          f"no matching index template found for data "
+                                          f"stream [{name}]")
+                return 200, {"acknowledged": True}
+            if method == "DELETE":
+                self.data_streams.pop(name, None)
+                self.indices.pop(name, None)
+                return 200, {"acknowledged": True}
+            return missing
+        if len(parts) == 2 and parts[0] == "_snapshot":
+            name = parts[1]
+            if method == "GET":
+                if name not in self.repositories:
+                    return 404, _es_error(404, "repository_missing_exception",
+                                          f"[{name}] missing")
+                return 200, {name: self.repositories[name]}
+            if method in ("PUT", "POST"):
+                if not isinstance(doc, dict) or "type" not in doc:
+                    return 400, _es_error(400, "action_request_validation_exception",
+                                          "Validation Failed: 1: type is missing;")
+                if doc["type"] == "fs" and not (doc.get("settings") or {}).get("location"):
+                    return 500, _es_error(500, "repository_exception",
+                                          f"[{name}] missing location")
+                self.repositories[name] = {"type": doc["type"],
+                                           "settings": doc.get("settings") or {}}
+                return 200, {"acknowledged": True}
+            return missing
+        return missing
+
+    def _versioned(self, store: dict, method: str, name: str, doc: Any, key: str | None,
+                   what: str) -> tuple[int, Any]:
+        """ILM and SLM policies: stored with a version that every PUT bumps."""
+        if method == "GET":
+            if name not in store:
+                return 404, _es_error(404, "resource_not_found_exception",
+                                      f"{what} not found: [{name}]")
+            return 200, {name: store[name]}
+        if method == "PUT":
+            policy = doc.get(key) if key and isinstance(doc, dict) else doc
+            if not isinstance(policy, dict):
+                return 400, _es_error(400, "parse_exception", f"{what} body is missing")
+            if key is None and "repository" in policy and \
+                    policy["repository"] not in self.repositories:
+                return 400, _es_error(400, "illegal_argument_exception",
+                                      f"no such repository [{policy['repository']}]")
+            version = store.get(name, {}).get("version", 0) + 1
+            store[name] = {"version": version,
+                           "modified_date": int(time.time() * 1000),
+                           "policy": {**policy, **({"name": policy.get("name", name)}
+                                                   if key is None else {})}}
+            return 200, {"acknowledged": True}
+        if method == "DELETE":
+            store.pop(name, None)
+            return 200, {"acknowledged": True}
+        return 404, _es_error(404, "resource_not_found_exception", "no handler")
 
     def process_bulk(self, handler: _Handler, path: str, body: bytes) -> tuple[int, dict]:
         started = time.monotonic()
@@ -276,6 +435,8 @@ class ESDouble(FaultServerBase):
         if not _is_date(source["@timestamp"]):
             return error(400, "document_parsing_exception",
                          "failed to parse field [@timestamp] of type [date]")
+        if index not in self.data_streams and self.index_templates:
+            self._make_stream(index)
         store = self.indices.setdefault(index, {})
         if doc_id in store:
             return error(409, "version_conflict_engine_exception",

@@ -31,7 +31,7 @@ def test_group_data_is_exactly_what_components_declare():
     for key, value in settings.items():
         assert orch[key] == value and workers[key] == value
     assert workers["agent_type"] == "claude-code" and "agent_type" not in orch
-    assert orch["system_users"] == ["autocode", "autocode-proxy", "vault"]
+    assert orch["system_users"] == ["autocode", "autocode-proxy", "vault", "autocode-serve"]
     assert workers["system_users"] == ["autocode"]
     assert orch["data_tree"]["logs/traffic/spool"][0] == "autocode-proxy"
     assert "logs/traffic" not in workers["data_tree"]
@@ -40,10 +40,12 @@ def test_group_data_is_exactly_what_components_declare():
 
 def test_worker_ports_follow_the_owning_components_settings():
     data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128,
-            "vault_port": 8300, "worker_runner": "systemd"}
-    assert components.worker_ports(data) == [3128, 5353, 8300]
+            "vault_port": 8300, "worker_runner": "systemd", "log_forwarding_port": 2600,
+            "model_api_port": 8100}
+    assert components.worker_ports(data) == [2600, 3128, 5353, 8100, 8300]
     assert components.worker_ports({**data, "worker_runner": "nomad"}) == [
-        3128, 4646, 4647, 5353, 8300]
+        2600, 3128, 4646, 4647, 5353, 8100, 8300]
+    assert 8100 not in components.worker_ports({**data, "model_serving": "disabled"})
 
 
 def test_one_runtime_install_per_host_with_the_union_of_needs():

@@ -447,9 +447,13 @@ def test_hashicorp_repository_is_declared_once_per_host(monkeypatch):
                 return {"release_meta": {"VERSION_CODENAME": "bookworm"}}
             return {}  # no keyring yet
 
-    monkeypatch.setattr(hashicorp, "host", Host)
-    monkeypatch.setattr(hashicorp.server, "shell", lambda **kw: calls.append(("shell", kw)))
-    monkeypatch.setattr(hashicorp, "file_content",
+    from infra import apt_repository
+
+    # The signed-repository helper HashiCorp's repository is declared through.
+    monkeypatch.setattr(apt_repository, "host", Host)
+    monkeypatch.setattr(apt_repository.server, "shell",
+                        lambda **kw: calls.append(("shell", kw)))
+    monkeypatch.setattr(apt_repository, "file_content",
                         lambda **kw: calls.append(("file", kw)) or object())
     data = {"hashicorp_apt_key_fingerprint": hashicorp.KEY_FINGERPRINT}
     first, second = hashicorp.apt_repository(data), hashicorp.apt_repository(data)

@@ -1,0 +1,461 @@
+"""Elasticsearch: the node on the orchestrator (`elasticsearch_mode: local`), or an existing
+cluster (`external`: Elastic Cloud or self-managed, at `elasticsearch_url`, nothing
+installed), and in both the platform's index management through the REST API: lifecycle
+(ILM) policies, index templates with explicit mappings, the `autocode-traffic` and
+`autocode-logs` data streams, a snapshot repository and a daily snapshot (SLM) policy
+(infra/elasticsearch.py: read, compare, write only what differs).
+
+- Local: Elastic's signed apt repository (infra/apt_repository.py, shared with Filebeat),
+  the version pinned; elasticsearch.yml as the seed has it (security off "for MVP
+  simplicity", monitoring collection on), built as data and written as YAML; the JVM heap
+  half the host's memory, at most 31 GB (compressed object pointers), unless
+  `elasticsearch_heap_mb` says; `vm.max_map_count`; restarted only when one of those
+  changed. Security off means anyone who reaches port 9200 owns the data: the
+  orchestrator's firewall admits it from loopback and `elasticsearch_allowed_networks`
+  only (empty by default), never from workers. The deploy itself reaches it through its
+  SSH connection.
+- External: credentials from a 0600 file on the control machine holding an encoded API
+  key, copied to the orchestrator for the traffic shipper (and Filebeat) only.
+- `none`: nothing; the traffic shipper keeps every record in its spool until a cluster
+  appears (the lab's default, where Elastic's builds cannot be had).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from pathlib import Path
+
+import yaml
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.operations import apt, server
+
+from infra.apt_repository import Repository, apt_repository, check_fingerprint
+from infra.component import Component
+from infra.elasticsearch import ElasticsearchAPI, Managed, api_key_from_file
+from infra.elasticsearch import elasticsearch_objects as es_objects
+from infra.facts import MemoryMB
+from infra.operations import digest, directory, file_content, sysctls, systemd_unit
+from infra.render import render
+from infra.validation import Problems, check_private_file, is_port
+
+MODES = {
+    "local": "a node on the orchestrator, from Elastic's apt repository",
+    "external": "an existing cluster at elasticsearch_url; nothing installed",
+    "none": "no Elasticsearch: the traffic shipper keeps its spool",
+}
+ES_USER = "elasticsearch"
+UNIT = "elasticsearch.service"
+ES_CONFIG = "/etc/elasticsearch/elasticsearch.yml"
+HEAP_OPTIONS = "/etc/elasticsearch/jvm.options.d/autocode-heap.options"
+DROP_IN_DIR = "/etc/systemd/system/elasticsearch.service.d"
+DROP_IN = f"{DROP_IN_DIR}/autocode.conf"
+CLIENT_DIR = "/etc/autocode/elasticsearch"
+API_KEY_FILE = f"{CLIENT_DIR}/api-key"
+CA_FILE = f"{CLIENT_DIR}/ca.crt"
+# Elastic's package signing key (elastic.co, "Install Elasticsearch with Debian Package").
+KEY_FINGERPRINT = "46095ACC8548582C1A2699A9D27D666CD88E42B4"
+MAX_HEAP_MB = 31 * 1024  # above ~31 GB the JVM loses compressed object pointers
+MAX_MAP_COUNT = 262144
+STREAMS = {"logs": "autocode-logs", "traffic": "autocode-traffic"}
+SNAPSHOT_REPOSITORY = "autocode-backups"
+SLM_POLICY = "autocode-daily-snapshots"
+SIZE = re.compile(r"[1-9][0-9]*(b|kb|mb|gb|tb)")
+
+
+def repository(version: str) -> Repository:
+    major = str(version).split(".")[0]
+    return Repository(
+        name="Elastic", key_url="https://artifacts.elastic.co/GPG-KEY-elasticsearch",
+        keyring="/usr/share/keyrings/elastic-archive-keyring.gpg",
+        sources="/etc/apt/sources.list.d/elastic.sources",
+        uris=f"https://artifacts.elastic.co/packages/{major}.x/apt", suite="stable",
+        components="main",
+        header="# Managed by autocode (tasks/elasticsearch.py): Elastic's packages "
+               "(Elasticsearch, Filebeat).",
+        setting="elastic_apt_key_fingerprint")
+
+
+def elastic_repository(data):
+    """Elastic's repository on this host (one sources file, whichever component asks)."""
+    return apt_repository(repository(data.elasticsearch_version), data.elastic_apt_key_fingerprint)
+
+
+def _positive_days(problems: Problems, field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36500:
+        problems.add(field, f"{value!r} is not a whole number of days from 1 to 36500; "
+                     "e.g. 30")
+
+
+def check(problems: Problems, role: str, data) -> None:
+    mode = data.get("elasticsearch_mode")
+    if mode not in MODES:
+        problems.add("elasticsearch_mode", f"{mode!r} is not a mode; use "
+                     + "; or ".join(f"{m} ({what})" for m, what in MODES.items()))
+    for field in ("elasticsearch_version",):
+        version = data.get(field)
+        if not (isinstance(version, str) and re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version)):
+            problems.add(field, f"{version!r} is not a version; pin one that Elastic's apt "
+                         "repository has, e.g. 8.19.0")
+    check_fingerprint(problems, "elastic_apt_key_fingerprint",
+                      data.get("elastic_apt_key_fingerprint"), KEY_FINGERPRINT)
+    _positive_days(problems, "log_retention_days", data.get("log_retention_days"))
+    _positive_days(problems, "traffic_retention_days", data.get("traffic_retention_days"))
+    keep = data.get("elasticsearch_snapshot_keep")
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
+        problems.add("elasticsearch_snapshot_keep", f"{keep!r}: give how many daily snapshots "
+                     "to keep, a whole number from 1 to 1000, e.g. 7")
+    size = data.get("elasticsearch_rollover_size")
+    if not (isinstance(size, str) and SIZE.fullmatch(size)):
+        problems.add("elasticsearch_rollover_size", f"{size!r} is not a size; write e.g. 50gb")
+    if not is_port(data.get("elasticsearch_port")):
+        problems.add("elasticsearch_port", f"{data.get('elasticsearch_port')!r} is not a TCP "
+                     "port; e.g. 9200")
+    heap = data.get("elasticsearch_heap_mb")
+    if heap is not None and (isinstance(heap, bool) or not isinstance(heap, int)
+                             or not 256 <= heap <= MAX_HEAP_MB):
+        problems.add("elasticsearch_heap_mb", f"{heap!r}: give the JVM heap in MB, from 256 "
+                     f"to {MAX_HEAP_MB} (above that the JVM loses compressed pointers), or "
+                     "leave it unset for half the host's memory")
+    nets = data.get("elasticsearch_allowed_networks")
+    if not isinstance(nets, list):
+        problems.add("elasticsearch_allowed_networks", f"{nets!r} is not a list of IPv4 "
+                     "networks, e.g. [192.0.2.0/24]; [] admits loopback only")
+    else:
+        for net in nets:
+            try:
+                ok = ipaddress.ip_network(str(net)).version == 4
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.add("elasticsearch_allowed_networks", f"{net!r} is not an IPv4 "
+                             "network; write it as address/prefix, e.g. 192.0.2.0/24")
+    url = data.get("elasticsearch_url")
+    if mode == "external" or url is not None:
+        if not (isinstance(url, str) and re.match(r"^https?://[^/\s:]+(:[0-9]+)?(/\S*)?$", url)):
+            problems.add("elasticsearch_url", f"{url!r} is not an http(s) URL with a scheme; "
+                         "give the cluster's address, e.g. https://logs.example.com:9243"
+                         + (" (elasticsearch_mode: external needs it)" if url is None else ""))
+    credentials = data.get("elasticsearch_credentials_file")
+    if credentials is not None and check_private_file(
+            problems, "elasticsearch_credentials_file", credentials):
+        try:
+            api_key_from_file(Path(credentials).expanduser().read_text())
+        except (OSError, ValueError) as exc:
+            problems.add("elasticsearch_credentials_file", f"{credentials} {exc}; write the "
+                         "`encoded` value of Elasticsearch's create-API-key answer on one line")
+    ca = data.get("elasticsearch_ca_file")
+    if ca is not None and not (isinstance(ca, str) and Path(ca).expanduser().is_file()
+                               and "BEGIN CERTIFICATE" in Path(ca).expanduser().read_text()):
+        problems.add("elasticsearch_ca_file", f"{ca!r} is not a PEM CA certificate file on the "
+                     "control machine; give the CA the cluster's certificate is signed by, or "
+                     "leave it unset for the system's trust store")
+    repo = data.get("elasticsearch_snapshot_repository")
+    if repo is not None and not (isinstance(repo, dict) and isinstance(repo.get("type"), str)
+                                 and isinstance(repo.get("settings", {}), dict)):
+        problems.add("elasticsearch_snapshot_repository", f"{repo!r}: give Elasticsearch's "
+                     "repository body, e.g. {type: s3, settings: {bucket: backups}}, or leave "
+                     "it unset for an fs repository under <data_root>/backups/elasticsearch")
+
+
+def _private_ports(data) -> dict[int, list[str]]:
+    if data.get("elasticsearch_mode") != "local":
+        return {}
+    return {data["elasticsearch_port"]: [str(ipaddress.ip_network(str(n)))
+                                         for n in data["elasticsearch_allowed_networks"]]}
+
+
+COMPONENT = Component(
+    name="elasticsearch",
+    settings={
+        # local | external | none (MODES).
+        "elasticsearch_mode": "local",
+        "elasticsearch_version": "8.19.0",
+        "elastic_apt_key_fingerprint": KEY_FINGERPRINT,
+        "elasticsearch_port": 9200,
+        # External: the cluster's URL, and a 0600 control-machine file holding an encoded
+        # API key (unset: no authentication), and the CA of an https cluster (unset: the
+        # system's trust store).
+        "elasticsearch_url": None,
+        "elasticsearch_credentials_file": None,
+        "elasticsearch_ca_file": None,
+        # Local: who besides loopback may reach the node (security is off): IPv4 networks.
+        "elasticsearch_allowed_networks": [],
+        # Local: the JVM heap in MB; unset: half the host's memory, at most 31 GB.
+        "elasticsearch_heap_mb": None,
+        # Lifecycle: a new backing index daily or at this primary shard size, deleted
+        # after the retention.
+        "log_retention_days": 30,
+        "traffic_retention_days": 90,
+        "elasticsearch_rollover_size": "50gb",
+        # Snapshots: daily at 01:30, keeping this many; the repository's body, unset: an
+        # fs repository under <data_root>/backups/elasticsearch (path.repo of the node).
+        "elasticsearch_snapshot_keep": 7,
+        "elasticsearch_snapshot_schedule": "0 30 1 * * ?",
+        "elasticsearch_snapshot_repository": None,
+    },
+    check=check,
+    private_ports=_private_ports,
+)
+
+
+# -- configuration, built as data (the unit tests parse these) --------------------------------
+
+
+def data_dir(data) -> str:
+    return f"{data['data_root']}/elasticsearch"
+
+
+def logs_dir(data) -> str:
+    return f"{data['data_root']}/logs/orchestrator/elasticsearch"
+
+
+def snapshot_dir(data) -> str:
+    return f"{data['data_root']}/backups/elasticsearch"
+
+
+def node_settings(data) -> dict:
+    """elasticsearch.yml, as the seed's "Elasticsearch Configuration" has it."""
+    return {
+        "cluster.name": "autocode-cluster",
+        "node.name": "autocode-node-1",
+        "path.data": data_dir(data),
+        "path.logs": logs_dir(data),
+        "path.repo": [snapshot_dir(data)],
+        "network.host": "0.0.0.0",
+        "http.port": data["elasticsearch_port"],
+        "discovery.type": "single-node",
+        # The seed's choice "for MVP simplicity": the firewall is the only guard.
+        "xpack.security.enabled": False,
+        "xpack.security.enrollment.enabled": False,
+        "xpack.security.http.ssl.enabled": False,
+        "xpack.security.transport.ssl.enabled": False,
+        "xpack.monitoring.collection.enabled": True,
+        # The platform's streams are made by the deploy, with their templates: a client
+        # writing before that (a shipper that was waiting for the node) is refused and
+        # retries, rather than making a plain index that would block the stream's name.
+        "action.auto_create_index": "-autocode-logs*,-autocode-traffic*,+*",
+    }
+
+
+def render_node_config(data) -> str:
+    return render("elasticsearch/elasticsearch.yml.j2",
+                  body=yaml.safe_dump(node_settings(data), sort_keys=False))
+
+
+def heap_mb(data, memory_mb: int | None) -> int:
+    if data.get("elasticsearch_heap_mb"):
+        return int(data["elasticsearch_heap_mb"])
+    return max(256, min(MAX_HEAP_MB, (memory_mb or 2048) // 2))
+
+
+def _lifecycle(days: int, size: str) -> dict:
+    return {"policy": {
+        "_meta": {"managed_by": "autocode"},
+        "phases": {
+            # Daily granularity: one backing index a day (or sooner, at the size).
+            "hot": {"actions": {"rollover": {"max_age": "1d", "max_primary_shard_size": size}}},
+            "delete": {"min_age": f"{days}d", "actions": {"delete": {}}},
+        },
+    }}
+
+
+def _kw(**extra) -> dict:
+    return {"type": "keyword", **extra}
+
+
+TRAFFIC_MAPPINGS = {
+    "dynamic": True,
+    "properties": {
+        "@timestamp": {"type": "date"},
+        "record_id": _kw(), "kind": _kw(), "verdict": _kw(), "reason": _kw(ignore_above=1024),
+        "worker_id": _kw(), "client_ip": {"type": "ip"}, "server_ip": _kw(),
+        "proxy_host": _kw(), "method": _kw(), "scheme": _kw(), "host": _kw(),
+        "port": {"type": "integer"}, "url": _kw(ignore_above=8191), "http_version": _kw(),
+        "status": {"type": "integer"},
+        "request_headers": {"type": "flattened"}, "response_headers": {"type": "flattened"},
+        "request_bytes": {"type": "long"}, "response_bytes": {"type": "long"},
+        "duration_ms": {"type": "double"}, "error": {"type": "text"},
+        "sni": _kw(), "tls": {"type": "boolean"},
+        "bytes_from_client": {"type": "long"}, "bytes_from_server": {"type": "long"},
+        "messages_from_client": {"type": "long"}, "messages_from_server": {"type": "long"},
+    },
+}
+
+# loguru's serialize=True lines (autocode/logging.py) as Filebeat's ndjson parser puts them:
+# `text` (the formatted line) and `record`; plus Filebeat's own fields.
+LOGS_MAPPINGS = {
+    "dynamic": True,
+    "properties": {
+        "@timestamp": {"type": "date"},
+        "message": {"type": "text"}, "text": {"type": "text"},
+        "service": _kw(), "environment": _kw(), "tags": _kw(),
+        "host": {"properties": {"name": _kw()}},
+        "log": {"properties": {"file": {"properties": {"path": _kw()}}}},
+        "record": {"properties": {
+            "message": {"type": "text"},
+            "level": {"properties": {"name": _kw(), "no": {"type": "integer"},
+                                     "icon": _kw()}},
+            "name": _kw(), "module": _kw(), "function": _kw(), "line": {"type": "integer"},
+            "file": {"properties": {"name": _kw(), "path": _kw()}},
+            "process": {"properties": {"id": {"type": "long"}, "name": _kw()}},
+            "thread": {"properties": {"id": {"type": "long"}, "name": _kw()}},
+            "time": {"properties": {"repr": _kw(), "timestamp": {"type": "double"}}},
+            "extra": {"properties": {"worker_id": _kw(), "project_id": _kw(),
+                                     "component": _kw()}},
+            # Free-form: kept in _source, never mapped (a traceback's shape varies).
+            "exception": {"type": "object", "enabled": False},
+            "elapsed": {"type": "object", "enabled": False},
+        }},
+    },
+}
+
+
+def index_objects(data, prefix: str = "autocode") -> list[Managed]:
+    """Everything the platform needs in Elasticsearch, in the order it is written (`prefix`
+    renames them all, for tests against a shared cluster)."""
+    streams = {k: v.replace("autocode", prefix, 1) for k, v in STREAMS.items()}
+    repo_name = SNAPSHOT_REPOSITORY.replace("autocode", prefix, 1)
+    size = data["elasticsearch_rollover_size"]
+    days = {"logs": data["log_retention_days"], "traffic": data["traffic_retention_days"]}
+    mappings = {"logs": LOGS_MAPPINGS, "traffic": TRAFFIC_MAPPINGS}
+    objects = [Managed("ilm_policy", streams[k], _lifecycle(days[k], size)) for k in streams]
+    for key, stream in streams.items():
+        index_settings: dict = {"lifecycle": {"name": stream}}
+        if data["elasticsearch_mode"] == "local":
+            index_settings["number_of_replicas"] = "0"  # one node: no replica could live
+        objects.append(Managed("index_template", stream, {
+            "index_patterns": [f"{stream}*"],
+            "data_stream": {},
+            "priority": 500,
+            "_meta": {"managed_by": "autocode"},
+            "template": {"settings": {"index": index_settings}, "mappings": mappings[key]},
+        }))
+    objects += [Managed("data_stream", stream, None) for stream in streams.values()]
+    repo = data.get("elasticsearch_snapshot_repository") or {
+        "type": "fs", "settings": {"location": snapshot_dir(data)}}
+    objects.append(Managed("snapshot_repository", repo_name, repo))
+    keep = data["elasticsearch_snapshot_keep"]
+    objects.append(Managed("slm_policy", SLM_POLICY.replace("autocode", prefix, 1), {
+        "name": f"<{prefix}-snapshot-{{now/d}}>",
+        "schedule": data["elasticsearch_snapshot_schedule"],
+        "repository": repo_name,
+        "config": {"indices": list(streams.values()), "include_global_state": False},
+        "retention": {"expire_after": f"{keep}d", "min_count": 1, "max_count": keep},
+    }))
+    return objects
+
+
+def client(data) -> dict:
+    """How the orchestrator's own clients (the traffic shipper, Filebeat) reach the cluster:
+    url, and the on-host paths of the API key and CA files when there are any."""
+    if data.get("elasticsearch_mode") == "external":
+        return {"url": data["elasticsearch_url"].rstrip("/"),
+                "api_key_file": API_KEY_FILE if data.get("elasticsearch_credentials_file")
+                else None,
+                "ca_certs": CA_FILE if data.get("elasticsearch_ca_file") else None}
+    return {"url": f"http://127.0.0.1:{data['elasticsearch_port']}", "api_key_file": None,
+            "ca_certs": None}
+
+
+def api_key(data) -> str | None:
+    path = data.get("elasticsearch_credentials_file")
+    return api_key_from_file(Path(path).expanduser().read_text()) if path else None
+
+
+def filebeat_api_key(data) -> str | None:
+    """Filebeat's output takes the key as `id:api_key`, the decoded form."""
+    key = api_key(data)
+    return base64.b64decode(key).decode() if key else None
+
+
+def _api(data) -> ElasticsearchAPI:
+    """The deploy's client: to the external cluster, or through the SSH connection to the
+    orchestrator's own node on its loopback."""
+    cache = host.state.__dict__.setdefault("_autocode_elasticsearch", {})
+    if "api" in cache:
+        return cache["api"]
+    if data.elasticsearch_mode == "external":
+        ca = data.get("elasticsearch_ca_file")
+        api = ElasticsearchAPI(data.elasticsearch_url.rstrip("/"), api_key=api_key(data.dict()),
+                               ca_pem=Path(ca).expanduser().read_text() if ca else None)
+    else:
+        orch = inventory.get_group("orchestrator")[0]
+        ssh_client = getattr(orch.connector, "client", None)
+        tunnel = (lambda: orch.connector.client.get_transport()) if ssh_client else None
+        api = ElasticsearchAPI(f"http://127.0.0.1:{data.elasticsearch_port}", tunnel=tunnel)
+    cache["api"] = api
+    return api
+
+
+# -- deploy ---------------------------------------------------------------------------------
+
+
+def _local_node(data):
+    """The node on this host; returns its unit's operation."""
+    sources = elastic_repository(data)
+    package = apt.packages(name=f"Elasticsearch {data.elasticsearch_version}",
+                           packages=[f"elasticsearch={data.elasticsearch_version}"],
+                           update=sources.changed, cache_time=data.apt_cache_seconds)
+    sysctls(name="Kernel settings for Elasticsearch", values={"vm.max_map_count": MAX_MAP_COUNT},
+            persist_file="/etc/sysctl.d/60-autocode-elasticsearch.conf")
+    d = data.dict()
+    # Owned by the account the package creates, so not in the data tree base makes.
+    for path in (data_dir(d), logs_dir(d), snapshot_dir(d)):
+        directory(name=f"Folder {path}", path=path, user=ES_USER, group=ES_USER, mode="750")
+    config = render_node_config(d)
+    heap = render("elasticsearch/heap.options.j2",
+                  heap_mb=heap_mb(d, host.get_fact(MemoryMB)))
+    drop_in = render("elasticsearch/limits.conf.j2")
+    batch = (ES_CONFIG, HEAP_OPTIONS, DROP_IN)
+    config_op = file_content(name="elasticsearch.yml", path=ES_CONFIG, text=config,
+                             user="root", group=ES_USER, mode="640", batch=batch)
+    heap_op = file_content(name="Elasticsearch JVM heap", path=HEAP_OPTIONS, text=heap,
+                           user="root", group=ES_USER, mode="640", batch=batch)
+    directory(name=f"Folder {DROP_IN_DIR}", path=DROP_IN_DIR, user="root", group="root",
+              mode="755")
+    drop_in_op = file_content(name="Elasticsearch unit limits", path=DROP_IN, text=drop_in,
+                              batch=batch)
+    server.shell(name="systemd reloaded for Elasticsearch's limits",
+                 commands=["systemctl daemon-reload"], _if=drop_in_op.did_change)
+    return systemd_unit(
+        name=f"Unit {UNIT}", unit=UNIT,
+        inputs={"elasticsearch.yml": digest(config), "heap": digest(heap),
+                "limits": digest(drop_in), "version": data.elasticsearch_version},
+        restart_when=(config_op, heap_op, drop_in_op, package))
+
+
+def _client_files(data) -> None:
+    """The API key and CA for the orchestrator's own clients of an external cluster."""
+    from tasks.mitmproxy import PROXY_USER
+    if not (data.get("elasticsearch_credentials_file") or data.get("elasticsearch_ca_file")):
+        return
+    directory(name=f"Folder {CLIENT_DIR}", path=CLIENT_DIR, user="root", group=PROXY_USER,
+              mode="750")
+    if data.get("elasticsearch_credentials_file"):
+        file_content(name="Elasticsearch API key for the orchestrator's clients",
+                     path=API_KEY_FILE, text=api_key(data.dict()) + "\n", user="root",
+                     group=PROXY_USER, mode="640")
+    if data.get("elasticsearch_ca_file"):
+        file_content(name="Elasticsearch cluster's CA", path=CA_FILE,
+                     text=Path(data.elasticsearch_ca_file).expanduser().read_text(),
+                     user="root", group=PROXY_USER, mode="644")
+
+
+@deploy("Elasticsearch")
+def orchestrator() -> None:
+    data = host.data
+    if data.elasticsearch_mode == "none":
+        return
+    if data.elasticsearch_mode == "local":
+        _local_node(data)
+    else:
+        _client_files(data)
+    es_objects(name="Elasticsearch: lifecycle policies, index templates, data streams, "
+                    "snapshots", api=_api(data), objects=tuple(index_objects(data.dict())))
+
+
+def worker() -> None:
+    return None
