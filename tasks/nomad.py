@@ -311,6 +311,8 @@ def worker() -> None:
             cert=tls["cert"], key=tls["key"], ca_cert=tls["ca"],
             common_name=f"client.{data.nomad_region}.nomad",
             names=tls_names("client", data.nomad_region), user="root", group="root",
-            batch=batch))
+            # One worker at a time: the signings share the orchestrator's connection
+            # (several at once hung the log forwarder's, tasks/log_forwarding.py).
+            batch=batch, _serial=True))
     config = client_config(data.dict(), host.name, _orchestrator_address(orch), tls)
     _agent("client", "root", config, tuple(restart_when), batch)

@@ -326,9 +326,10 @@ def test_workers_may_reach_the_relp_port_and_never_elasticsearch():
     assert 2514 in components.worker_ports(data)
     assert 9200 not in components.worker_ports(data)
     local = orch(elasticsearch_mode="local", elasticsearch_allowed_networks=["192.0.2.0/24"])
-    assert components.private_ports(local) == {9200: ["192.0.2.0/24"]}
-    assert components.private_ports(orch(elasticsearch_mode="external",
-                                         elasticsearch_url="http://x:9200")) == {}
+    # Model serving's Ray ports are private too (loopback only), beside Elasticsearch's.
+    assert components.private_ports(local)[9200] == ["192.0.2.0/24"]
+    assert 9200 not in components.private_ports(orch(elasticsearch_mode="external",
+                                                     elasticsearch_url="http://x:9200"))
     rules = render("network/orchestrator.rules.v4.j2", worker_network="10.0.1.0/24",
                    proxy_port=8080, dns_port=53, worker_tcp_ports=[53, 2514, 8080],
                    management_tcp_ports=[8200], management_networks=["192.0.2.9/32"],
