@@ -1,4 +1,4 @@
-"""Backups on real hosts: the daily unit backs up the orchestrator's metered ledger, the
+"""Backups on real hosts (runs after the fresh-host tests: its name sorts after theirs):
 unshipped spool and /etc/autocode; they are destroyed and restored with autocode-backup,
 and the ledger's sum and the traffic config are back. (Vault's own snapshot restore is in
 test_vault.py.)"""
