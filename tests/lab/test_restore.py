@@ -1,7 +1,8 @@
-"""Backups on real hosts (runs after the fresh-host tests: its name sorts after theirs):
+"""Backups on real hosts: the daily unit backs up the orchestrator's metered ledger, the
 unshipped spool and /etc/autocode; they are destroyed and restored with autocode-backup,
 and the ledger's sum and the traffic config are back. (Vault's own snapshot restore is in
-test_vault.py.)"""
+test_vault.py.) Named to sort after test_base_converge.py, whose first tests need bare
+hosts."""
 
 from __future__ import annotations
 
