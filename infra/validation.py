@@ -146,3 +146,13 @@ def check_private_file(problems: Problems, field: str, value: Any) -> bool:
                      "holds secrets: chmod 600 it")
         return False
     return True
+
+
+_CALENDAR = re.compile(r"[A-Za-z0-9*:/ ,.~-]+")
+
+
+def check_calendar(problems: Problems, field: str, value: Any, example: str) -> None:
+    """A systemd OnCalendar expression for a timer (plain characters only: it goes into a
+    unit file)."""
+    if not (isinstance(value, str) and _CALENDAR.fullmatch(value)):
+        problems.add(field, f"{value!r} is not a systemd OnCalendar expression, e.g. {example}")

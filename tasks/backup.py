@@ -6,15 +6,13 @@ Vault's and Elasticsearch's snapshots are their own components', beside it under
 
 from __future__ import annotations
 
-import re
-
 from pyinfra import host
 from pyinfra.api import deploy
 
 from infra.component import Component
 from infra.operations import systemd_unit
 from infra.render import render
-from infra.validation import Problems, is_number
+from infra.validation import Problems, check_calendar, is_number
 from tasks import runtime
 
 UNITS = ("autocode-backup.service", "autocode-backup.timer")
@@ -25,10 +23,7 @@ def check(problems: Problems, role: str, data) -> None:
     if not (is_number(keep) and int(keep) == keep and keep >= 1):
         problems.add("backup_keep", f"{keep!r}: give a whole number of backups to keep, "
                      "at least 1, e.g. 14")
-    calendar = data.get("backup_calendar")
-    if not (isinstance(calendar, str) and re.fullmatch(r"[A-Za-z0-9*:/ ,.~-]+", calendar)):
-        problems.add("backup_calendar", f"{calendar!r} is not a systemd OnCalendar "
-                     "expression, e.g. *-*-* 02:40:00")
+    check_calendar(problems, "backup_calendar", data.get("backup_calendar"), "*-*-* 02:40:00")
 
 
 COMPONENT = Component(

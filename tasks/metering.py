@@ -15,7 +15,7 @@ from autocode.traffic.metering import parse_metering
 from infra.component import Component
 from infra.operations import systemd_unit
 from infra.render import render
-from infra.validation import Problems
+from infra.validation import Problems, check_calendar
 from tasks import runtime
 
 LEDGER = "financial/metered/ledger.sqlite3"
@@ -84,6 +84,8 @@ def metering_section(data, workers: dict[str, dict]) -> dict:
 
 
 def check(problems: Problems, role: str, data) -> None:
+    check_calendar(problems, "budget_report_calendar", data.get("budget_report_calendar"),
+                   "*-*-* 00:10:00")
     required = ("llm_apis", "llm_apis_extra", "llm_prices", "llm_unknown_model_price",
                 "llm_prices_taken_on", "budget_warn_share", "worker_rate_limit")
     if any(field not in data for field in required):

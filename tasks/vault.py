@@ -44,7 +44,14 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_bool, check_private_file, is_number, is_port
+from infra.validation import (
+    Problems,
+    check_bool,
+    check_calendar,
+    check_private_file,
+    is_number,
+    is_port,
+)
 from tasks import platform_ca, runtime
 
 VAULT_USER = "vault"
@@ -163,10 +170,8 @@ def check(problems: Problems, role: str, data) -> None:
     keep = data.get("vault_backup_keep")
     if not (isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1):
         problems.add("vault_backup_keep", f"{keep!r}: keep at least 1 snapshot, e.g. 7")
-    if not (isinstance(data.get("vault_backup_calendar"), str)
-            and re.fullmatch(r"[A-Za-z0-9*:/ ,.~-]+", data["vault_backup_calendar"])):
-        problems.add("vault_backup_calendar", f"{data.get('vault_backup_calendar')!r} is not a "
-                     "systemd OnCalendar expression, e.g. *-*-* 03:17:00")
+    check_calendar(problems, "vault_backup_calendar", data.get("vault_backup_calendar"),
+                   "*-*-* 03:17:00")
     period = data.get("vault_token_period_hours")
     if not (is_number(period) and int(period) == period
             and DURATION_HOURS[0] <= period <= DURATION_HOURS[1]):

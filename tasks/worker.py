@@ -12,8 +12,6 @@ With `worker_runner: systemd` the unit runs the agent; with `nomad` the Nomad jo
 
 from __future__ import annotations
 
-import re
-
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy, operation
@@ -23,7 +21,7 @@ from infra.component import Component
 from infra.facts import PathStates, UnitStates, fact_once, q
 from infra.operations import STAGING, UNIT_DIR, UNIT_MARKERS, _upload, digest, systemd_unit
 from infra.render import render
-from infra.validation import Problems
+from infra.validation import Problems, check_calendar
 from tasks import agent_clis, platform_ca, runtime
 
 UNIT = "autocode-worker.service"
@@ -98,10 +96,8 @@ def check(problems: Problems, role: str, data) -> None:
         value = data.get(field)
         if value is not None and not isinstance(value, str):
             problems.add(field, f"{value!r} must be a string")
-    calendar = data.get("task_cleanup_calendar")
-    if not (isinstance(calendar, str) and re.fullmatch(r"[A-Za-z0-9*:/ ,.~-]+", calendar)):
-        problems.add("task_cleanup_calendar", f"{calendar!r} is not a systemd OnCalendar "
-                     "expression, e.g. *-*-* 04:20:00")
+    check_calendar(problems, "task_cleanup_calendar", data.get("task_cleanup_calendar"),
+                   "*-*-* 04:20:00")
     key_file = data.get("model_api_key_file")
     if isinstance(key_file, str) and key_file and not key_file.startswith("/"):
         problems.add("model_api_key_file", f"{key_file!r} must be an absolute path on the worker")

@@ -49,13 +49,14 @@ def test_bad_prices_apis_and_limits_are_refused_naming_the_inventory_field():
         llm_prices={"m": {"input": "-1", "output": "x"}},
         llm_apis_extra=[{"path": "/v1/x", "provider": "openai"}],
         worker_rate_limit={"requests_per_second": 0}, llm_prices_taken_on="soon",
-        budget_warn_share="2")
+        budget_warn_share="2", budget_report_calendar="daily; rm -rf /")
     for expected in ("llm_prices.m.input: must be a non-negative finite number, got '-1'",
                      "llm_prices.m.output: must be a number, got 'x'",
                      "llm_apis_extra[0].host: must be a host name",
                      "worker_rate_limit.requests_per_second: must be a number > 0, got 0",
                      "llm_prices_taken_on: must be the date the prices were taken",
-                     "budget_warn_share: must be at most 1"):
+                     "budget_warn_share: must be at most 1",
+                     "budget_report_calendar: 'daily; rm -rf /' is not a systemd OnCalendar"):
         assert f"orchestrator 'orchestrator': {expected}" in text, expected
 
 
