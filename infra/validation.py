@@ -156,3 +156,20 @@ def check_calendar(problems: Problems, field: str, value: Any, example: str) -> 
     unit file)."""
     if not (isinstance(value, str) and _CALENDAR.fullmatch(value)):
         problems.add(field, f"{value!r} is not a systemd OnCalendar expression, e.g. {example}")
+
+
+def check_ipv4_networks(problems: Problems, field: str, value: Any, empty_means: str) -> None:
+    """A list of IPv4 networks (address/prefix); `empty_means` ends the message for a
+    value that is no list, saying what leaving it empty or unset does."""
+    if not isinstance(value, list):
+        problems.add(field, f"{value!r} is not a list of IPv4 networks, e.g. [192.0.2.0/24]; "
+                     f"{empty_means}")
+        return
+    for net in value:
+        try:
+            ok = ipaddress.ip_network(str(net)).version == 4
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.add(field, f"{net!r} is not an IPv4 network; write it as address/prefix, "
+                         "e.g. 192.0.2.0/24")

@@ -39,7 +39,7 @@ from infra.elasticsearch import elasticsearch_objects as es_objects
 from infra.facts import MemoryMB
 from infra.operations import digest, directory, file_content, sysctls, systemd_unit
 from infra.render import render
-from infra.validation import Problems, check_private_file, is_port
+from infra.validation import Problems, check_ipv4_networks, check_private_file, is_port
 
 MODES = {
     "local": "a node on the orchestrator, from Elastic's apt repository",
@@ -119,19 +119,8 @@ def check(problems: Problems, role: str, data) -> None:
         problems.add("elasticsearch_heap_mb", f"{heap!r}: give the JVM heap in MB, from 256 "
                      f"to {MAX_HEAP_MB} (above that the JVM loses compressed pointers), or "
                      "leave it unset for half the host's memory")
-    nets = data.get("elasticsearch_allowed_networks")
-    if not isinstance(nets, list):
-        problems.add("elasticsearch_allowed_networks", f"{nets!r} is not a list of IPv4 "
-                     "networks, e.g. [192.0.2.0/24]; [] admits loopback only")
-    else:
-        for net in nets:
-            try:
-                ok = ipaddress.ip_network(str(net)).version == 4
-            except ValueError:
-                ok = False
-            if not ok:
-                problems.add("elasticsearch_allowed_networks", f"{net!r} is not an IPv4 "
-                             "network; write it as address/prefix, e.g. 192.0.2.0/24")
+    check_ipv4_networks(problems, "elasticsearch_allowed_networks",
+                        data.get("elasticsearch_allowed_networks"), "[] admits loopback only")
     url = data.get("elasticsearch_url")
     if mode == "external" or url is not None:
         if not (isinstance(url, str) and re.match(r"^https?://[^/\s:]+(:[0-9]+)?(/\S*)?$", url)):

@@ -29,7 +29,7 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_network
+from infra.validation import Problems, check_ipv4_networks, check_network
 
 RULES_DIR = "/etc/autocode/iptables"
 ROUTER_SYSCTLS = {
@@ -43,20 +43,9 @@ ROUTER_SYSCTLS = {
 def check(problems: Problems, role: str, data) -> None:
     check_network(problems, "worker_network", data.get("worker_network"), required=True)
     check_network(problems, "worker_network6", data.get("worker_network6"), required=False)
-    nets = data.get("management_networks")
-    if nets is not None:
-        if not isinstance(nets, list):
-            problems.add("management_networks", f"{nets!r} is not a list of IPv4 networks, "
-                         "e.g. [192.0.2.0/24]; leave it unset for the control machine only")
-        else:
-            for net in nets:
-                try:
-                    ok = ipaddress.ip_network(str(net)).version == 4
-                except ValueError:
-                    ok = False
-                if not ok:
-                    problems.add("management_networks", f"{net!r} is not an IPv4 network; "
-                                 "write it as address/prefix, e.g. 192.0.2.0/24")
+    if data.get("management_networks") is not None:
+        check_ipv4_networks(problems, "management_networks", data["management_networks"],
+                            "leave it unset for the control machine only")
 
 
 COMPONENT = Component(
