@@ -8,14 +8,17 @@ proxy's central ledger (what really left the workers), beside the cost the agent
 themselves, read from the workers' forwarded logs (`logs/workers/<worker>/`: each charge a
 worker records is also one JSON log line with `extra.charge`). A worker whose two figures
 differ by more than the threshold (a share of the metered cost) is flagged. Written to
-`<data_root>/financial/reports/spend-<day>.{json,csv,svg}`; the SVG is a bar chart per
-worker, metered beside reported. Exit status: 0 written, 2 bad arguments.
+`<data_root>/financial/reports/spend-<day>.{json,csv,svg,ndjson}`; the SVG is a bar chart
+per worker, metered beside reported; the NDJSON holds the same figures one event per line
+(a `spend` object per worker and per worker/agent/model), which Filebeat ships to
+Elasticsearch with the other logs. Exit status: 0 written, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -145,7 +148,8 @@ def chart_svg(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], reports_dir: Path) -> list[Path]:
     reports_dir.mkdir(parents=True, exist_ok=True)
     stem = reports_dir / f"spend-{report['day']}"
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".svg")]
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".svg"),
+             stem.with_suffix(".ndjson")]
     _atomic(paths[0], json.dumps(report, indent=2) + "\n")
     fields = ["worker", "agent", "model", "requests", *TOKENS, "metered_usd", "estimated",
               "unknown_model"]
@@ -156,7 +160,30 @@ def write_report(report: dict[str, Any], reports_dir: Path) -> list[Path]:
         writer.writerows(report["by_model"])
     os.replace(tmp, paths[1])
     _atomic(paths[2], chart_svg(report))
+    _atomic(paths[3], "".join(json.dumps(event, sort_keys=True) + "\n"
+                              for event in report_events(report)))
     return paths
+
+
+def report_events(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report as events for Elasticsearch: one per worker (metered beside reported) and
+    one per worker/agent/model, each a `spend` object. Amounts stay decimal strings (the
+    index maps them as scaled floats, to the micro-dollar); `@timestamp` is the report's day
+    at midnight in its time zone, so a day's events sort under that day whenever shipped.
+    `spend.id` is a digest of the event: the report written again with the same figures
+    (the file replaced, so read again) makes the same ids, which Elasticsearch refuses as
+    duplicates; changed figures are new events beside the old."""
+    start = datetime.combine(date.fromisoformat(report["day"]), datetime.min.time(),
+                             tzinfo=ZoneInfo(report["timezone"]))
+    common = {"day": report["day"], "timezone": report["timezone"]}
+    events = [{"@timestamp": start.isoformat(), "spend": {**common, "kind": "worker", **row}}
+              for row in report["workers"]]
+    events += [{"@timestamp": start.isoformat(), "spend": {**common, "kind": "model", **row}}
+               for row in report["by_model"]]
+    for event in events:
+        digest = hashlib.sha256(json.dumps(event, sort_keys=True).encode()).hexdigest()
+        event["spend"]["id"] = f"spend-{digest[:32]}"
+    return events
 
 
 def _atomic(path: Path, text: str) -> None:

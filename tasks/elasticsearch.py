@@ -298,6 +298,16 @@ LOGS_MAPPINGS = {
             "exception": {"type": "object", "enabled": False},
             "elapsed": {"type": "object", "enabled": False},
         }},
+        # The daily spend report's events (autocode/spend_report.py): USD to the micro-dollar.
+        "spend": {"properties": {
+            "id": _kw(), "kind": _kw(), "day": {"type": "date"}, "timezone": _kw(),
+            "worker": _kw(), "agent": _kw(), "model": _kw(), "flagged": {"type": "boolean"},
+            **{f"{name}_usd": {"type": "scaled_float", "scaling_factor": 1_000_000}
+               for name in ("metered", "agent_reported", "difference")},
+            **{name: {"type": "long"} for name in (
+                "requests", "input_tokens", "output_tokens", "cache_read_tokens",
+                "cache_write_tokens", "estimated", "unknown_model")},
+        }},
     },
 }
 

@@ -6,7 +6,8 @@
   unique id, which filestream needs to keep its read state apart) per folder —
   `logs/orchestrator` (the orchestrator's own services), `logs/workers/<worker>/worker.log`
   (what the workers forwarded, tagged `forwarded`, the worker's name taken from the
-  folder), `logs/traffic/dns` (the DNS query log) — with the ndjson parser for the loguru
+  folder), `logs/traffic/dns` (the DNS query log), `financial/reports/spend-*.ndjson`
+  (the daily spend report's figures, one event per line) — with the ndjson parser for the
   JSON lines, `service` and `environment` fields, `add_host_metadata` except on forwarded
   events (whose host is the worker, not this one), and compressed output.
 - One data stream rolled over daily by ILM rather than the seed's daily index name
@@ -67,7 +68,8 @@ def enabled(data) -> bool:
 
 
 def _input(input_id: str, paths: list[str], service: str, environment: str,
-           ndjson: bool = True, tags: list[str] | None = None, **extra) -> dict:
+           ndjson: bool = True, tags: list[str] | None = None, overwrite_keys: bool = False,
+           **extra) -> dict:
     item: dict = {"type": "filestream", "id": input_id, "paths": paths,
                   "fields": {"service": service, "environment": environment},
                   "fields_under_root": True}
@@ -76,7 +78,10 @@ def _input(input_id: str, paths: list[str], service: str, environment: str,
     if ndjson:
         # loguru's serialize=True lines: `text` and `record` at the event's root; a line
         # that is not JSON is kept, with error.message saying so.
-        item["parsers"] = [{"ndjson": {"target": "", "add_error_key": True}}]
+        parser = {"target": "", "add_error_key": True}
+        if overwrite_keys:
+            parser["overwrite_keys"] = True  # the event's own @timestamp, not the read time
+        item["parsers"] = [{"ndjson": parser}]
     item.update(extra)
     return item
 
@@ -98,6 +103,13 @@ def settings(data, api_key: str | None = None) -> dict:
                    "tokenizer": f"{workers_dir}/%{{worker}}/worker.log",
                    "field": "log.file.path", "target_prefix": FORWARDED}}]),
         _input("autocode-dns", [f"{root}/logs/traffic/dns/*.log"], "dns", env, ndjson=False),
+        # The daily spend report (autocode-budget, tasks/metering.py) as events. Each file
+        # is replaced whole when written again: its events' own ids (`spend.id`, a digest)
+        # become the document ids, so reading it again stores nothing twice.
+        _input("autocode-spend-reports", [f"{root}/financial/reports/spend-*.ndjson"],
+               "spend-report", env, overwrite_keys=True,
+               processors=[{"fingerprint": {"fields": ["spend.id"],
+                                            "target_field": "@metadata._id"}}]),
     ]
     output: dict = {"hosts": [target["url"]], "index": INDEX, "compression_level": 1}
     if api_key:

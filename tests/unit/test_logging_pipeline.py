@@ -108,7 +108,7 @@ def test_filebeat_yml_as_the_seed_says():
     text = filebeat.render_config(orch(elasticsearch_mode="local"))
     doc = yaml.safe_load(text)
     inputs = {i["id"]: i for i in doc["filebeat.inputs"]}
-    assert len(inputs) == len(doc["filebeat.inputs"]) == 3  # unique ids
+    assert len(inputs) == len(doc["filebeat.inputs"]) == 4  # unique ids
     assert all(i["type"] == "filestream" for i in inputs.values())
     orchestrator, workers, dns = (inputs["autocode-orchestrator"], inputs["autocode-workers"],
                                   inputs["autocode-dns"])
@@ -118,6 +118,13 @@ def test_filebeat_yml_as_the_seed_says():
     for item in (orchestrator, workers):
         assert item["parsers"] == [{"ndjson": {"target": "", "add_error_key": True}}]
     assert "parsers" not in dns  # dnsmasq's lines are not JSON
+    spend = inputs["autocode-spend-reports"]
+    assert spend["paths"] == [f"{ROOT}/financial/reports/spend-*.ndjson"]
+    assert spend["fields"]["service"] == "spend-report"
+    assert spend["parsers"] == [{"ndjson": {"target": "", "add_error_key": True,
+                                            "overwrite_keys": True}}]
+    assert spend["processors"] == [{"fingerprint": {"fields": ["spend.id"],
+                                                    "target_field": "@metadata._id"}}]
     for item, service in ((orchestrator, "orchestrator"), (workers, "worker"), (dns, "dns")):
         assert item["fields"] == {"service": service, "environment": "production"}
         assert item["fields_under_root"] is True

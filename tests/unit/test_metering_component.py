@@ -4,6 +4,7 @@ host is contacted; and `autocode-budget report` on a real ledger and forwarded l
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from autocode.budget import BudgetLedger
 from autocode.traffic.config import parse_config
 from infra import components
 from infra.inventory_file import group_defaults
-from tasks import metering
+from tasks import filebeat, metering
 
 BUDGET = Path(sys.executable).with_name("autocode-budget")
 
@@ -91,7 +92,27 @@ def test_report_puts_metered_and_reported_side_by_side_and_flags_a_gap(tmp_path)
     (sonnet,) = [g for g in report["by_model"] if g["model"] == "claude-sonnet-4"]
     assert (sonnet["requests"], sonnet["input_tokens"], sonnet["metered_usd"]) == (2, 200, "0.2")
     files = [Path(f) for f in report["files"]]
-    assert [f.suffix for f in files] == [".json", ".csv", ".svg"]
+    assert [f.suffix for f in files] == [".json", ".csv", ".svg", ".ndjson"]
+    # The events Filebeat ships (tasks/filebeat.py reads exactly these files).
+    assert fnmatch.fnmatch(str(files[3]), filebeat.settings(
+        {**group_defaults("orchestrator"), "data_root": str(root),
+         "elasticsearch_mode": "local"})["filebeat.inputs"][3]["paths"][0])
+    events = [json.loads(line) for line in files[3].read_text().splitlines()]
+    by_kind = {(e["spend"]["kind"], e["spend"]["worker"], e["spend"].get("model")): e["spend"]
+               for e in events}
+    assert len(events) == len(by_kind) == 4  # two workers, two worker/model rows
+    assert by_kind[("worker", "worker2", None)]["difference_usd"] == "-0.04"
+    assert by_kind[("worker", "worker2", None)]["flagged"] is True
+    assert by_kind[("model", "worker1", "claude-sonnet-4")]["metered_usd"] == "0.2"
+    assert all(e["@timestamp"].startswith(report["day"]) for e in events)
+    ids = [e["spend"]["id"] for e in events]
+    assert len(set(ids)) == 4
+    # Written again with the same figures: the same ids, so nothing is stored twice.
+    again = subprocess.run([str(BUDGET), "report", "--data-root", str(root)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["spend"]["id"] for line in files[3].read_text().splitlines()] \
+        == ids
     assert files[2].read_text().startswith("<svg") and "worker2 !" in files[2].read_text()
     assert "claude-sonnet-4" in files[1].read_text()
     bad = subprocess.run([str(BUDGET), "report", "--data-root", str(root), "--day", "May 1"],
