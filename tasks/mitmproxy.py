@@ -56,6 +56,12 @@ def check(problems: Problems, role: str, data) -> None:
     version = data.get("mitmproxy_version")
     if not (isinstance(version, str) and version[:1].isdigit()):
         problems.add("mitmproxy_version", f"{version!r} is not a version; pin one, e.g. 11.0.2")
+    for name, zero_ok in (("traffic_shipped_keep_days", True),
+                          ("traffic_dead_letter_keep_days", False)):
+        days = data.get(name)
+        if days is not None and not (is_number(days) and (days > 0 or zero_ok and days == 0)):
+            problems.add(name, f"{days!r} is not a number of days; e.g. 7, or null to keep "
+                         "them" + (", or 0 to keep no copy" if zero_ok else ""))
     url = data.get("traffic_elasticsearch_url")
     if url is not None and not (isinstance(url, str) and url.startswith(("http://",
                                                                          "https://"))):
@@ -84,6 +90,12 @@ COMPONENT = Component(
         # Content-addressed package artifacts (PyPI's files) served from the orchestrator's
         # disk, each checked against its digest; 0 turns the cache off.
         "package_cache_max_gb": 5,
+        # Retention on the orchestrator's disk: shipped spool segments are kept this many
+        # days (a local copy beside Elasticsearch; deleted sooner when the disk runs short),
+        # records Elasticsearch refused for good (dead letters: their only copy) this
+        # many days after their last day. null: kept; shipped 0: no copy kept at all.
+        "traffic_shipped_keep_days": 7,
+        "traffic_dead_letter_keep_days": 90,
     },
     check=check,
     system_users={"orchestrator": (PROXY_USER,)},
@@ -117,7 +129,11 @@ def traffic_config(data, workers: dict[str, str], metered: dict[str, dict] | Non
     if data.get("package_cache_max_gb"):
         extra["package_cache"] = {"dir": cache_dir(data),
                                   "max_bytes": int(data["package_cache_max_gb"] * 1024**3)}
-    return dump_config({**extra,
+    shipped_days = data["traffic_shipped_keep_days"]
+    retention = {"keep_shipped_segments": shipped_days != 0,
+                 "shipped_keep_days": shipped_days or None,
+                 "dead_letter_keep_days": data["traffic_dead_letter_keep_days"]}
+    return dump_config({**extra, **{k: v for k, v in retention.items() if v is not None},
         "spool_dir": spool_dir(data),
         "fail_closed": bool(data["proxy_fail_closed"]),
         "non_http": data["proxy_non_http"],

@@ -37,6 +37,10 @@ Config file (YAML); only ``spool_dir`` is required::
     segment_max_bytes: 67108864  # rotate segments at this size (>= 1024)
     min_free_bytes: 16777216     # fail closed before the disk is completely full (0 = off)
     keep_shipped_segments: false # true: move shipped segments to spool_dir/shipped/
+    shipped_keep_days: 7         # delete shipped copies older than this (unset: keep); they
+                                 # also go, oldest first, when free space < 2 x min_free_bytes
+    dead_letter_keep_days: 90    # dead-letter.jsonl is archived as dead-letter-<day>.jsonl
+                                 # after its last day; archives older than this are deleted
     redact_headers: [x-vendor-auth]     # extra header names, on top of Authorization,
                                         # Proxy-Authorization, Cookie, Set-Cookie,
                                         # X-Api-Key, api-key (always redacted)
@@ -57,7 +61,7 @@ Config file (YAML); only ``spool_dir`` is required::
       retry_max: 30
       compress: false            # gzip bulk bodies; default: only for a remote cluster
 
-Record fields: ``@timestamp`` (request start, UTC), ``record_id`` (uuid; also the ES
+Record fields: ``@timestamp`` (request start, UTC), ``record_id`` (128-bit hex; also the ES
 ``_id``), ``worker_id``, ``client_ip``, ``server_ip``, ``proxy_host``, ``method``, ``scheme``,
 ``host``, ``port``, ``url``, ``http_version``, ``status``, ``request_headers``,
 ``response_headers`` (lowercase name -> value; map as ``flattened`` in the index template),

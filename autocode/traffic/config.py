@@ -65,6 +65,11 @@ class TrafficConfig:
     segment_max_bytes: int = 64 * 1024 * 1024
     min_free_bytes: int = 16 * 1024 * 1024
     keep_shipped_segments: bool = False
+    # Retention (the shipper's sweep): shipped copies older than this many days are
+    # deleted, and sooner, oldest first, when the spool's disk runs short; archived
+    # dead-letter files older than dead_letter_keep_days too. None: kept.
+    shipped_keep_days: float | None = None
+    dead_letter_keep_days: float | None = None
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     # Spend metering of LLM API calls (autocode/traffic/metering.py); None: off.
     metering: MeteringConfig | None = None
@@ -113,6 +118,18 @@ def _number(p: _Problems, data: dict, key: str, default: float, prefix: str = ""
         p.add(prefix + key, f"must be a number {'>=' if zero_ok else '>'} 0, got {value!r}",
               f"set it to a number of seconds such as {default}")
         return float(default)
+    return float(value)
+
+
+def _days(p: _Problems, data: dict, key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        p.add(key, f"must be a number of days > 0, got {value!r}",
+              "write e.g. 7, or leave it out to keep them")
+        return None
     return float(value)
 
 
@@ -258,6 +275,8 @@ def parse_config(data: Any) -> TrafficConfig:
         min_free_bytes=_positive_int(p, data, "min_free_bytes", defaults.min_free_bytes,
                                      minimum=0),
         keep_shipped_segments=_bool(p, data, "keep_shipped_segments", False),
+        shipped_keep_days=_days(p, data, "shipped_keep_days"),
+        dead_letter_keep_days=_days(p, data, "dead_letter_keep_days"),
         elasticsearch=_elasticsearch(p, data),
         metering=parse_metering(p, data.get("metering")),
         package_cache=parse_cache(p, data.get("package_cache")),

@@ -12,6 +12,12 @@
   go to ``dead-letter.jsonl`` (fsynced, counted in the checkpoint, logged), so one bad record
   never blocks the pipeline. A whole-request 400/413 is bisected down to the bad document.
 - Segments are deleted (or moved to ``shipped/``) only once the checkpoint is past them.
+- Retention (``sweep``, at start and hourly): shipped copies older than
+  ``shipped_keep_days`` are deleted, and any of them, oldest first, while the spool's disk
+  has less than twice ``min_free_bytes`` free (checked at every idle poll): a copy kept for
+  convenience must never make the proxy fail closed. ``dead-letter.jsonl`` is archived as
+  ``dead-letter-<day>.jsonl`` once a day has passed with no new entry, and archives older
+  than ``dead_letter_keep_days`` are deleted. Nothing not yet shipped is ever touched.
 - A stop (SIGTERM) is honoured at once in every state: a backoff sleep or a bulk request
   in flight is abandoned, and the batch in hand with it, the checkpoint left where it was.
   The next start sends that batch again; the ``_id``s make what had arrived a 409.
@@ -39,6 +45,8 @@ from autocode.traffic.config import TrafficConfig
 from autocode.traffic.spool import Checkpoint, SpoolLine, append_durably, list_segments, read_batch
 
 ACKED = frozenset({200, 201, 409})
+SWEEP_INTERVAL_S = 3600.0
+DAY_S = 86400.0
 
 
 @dataclass
@@ -116,6 +124,7 @@ class Shipper:
         self._failures = 0  # consecutive, for the backoff
         self._stop: asyncio.Event | None = None
         self.requests_sent = 0
+        self._next_sweep = 0.0  # monotonic: the first idle poll sweeps
 
     async def close(self) -> None:
         await self.client.close()
@@ -130,6 +139,7 @@ class Shipper:
         try:
             while not stop.is_set():
                 if not await self.ship_once():
+                    await asyncio.to_thread(self._housekeeping)
                     try:
                         await asyncio.wait_for(stop.wait(), self.es.poll_interval)
                     except TimeoutError:
@@ -307,6 +317,74 @@ class Shipper:
             [json.dumps(e, default=str).encode() + b"\n" for e in entries],
         )
 
+    def _housekeeping(self) -> None:
+        """The idle poll's share of retention: the full sweep hourly, the disk check each
+        time (one statvfs)."""
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+            self.sweep()
+        elif self.config.keep_shipped_segments:
+            self._free_space_for_spool()
+
+    def sweep(self, now: float | None = None) -> dict[str, int]:
+        """Apply retention to shipped copies and dead letters; returns what it did."""
+        now = time.time() if now is None else now
+        config = self.config
+        done = {"shipped_expired": 0, "shipped_for_space": 0, "dead_letters_archived": 0,
+                "dead_letter_archives_expired": 0}
+        if config.shipped_keep_days is not None:
+            cutoff = now - config.shipped_keep_days * DAY_S
+            for _, path in self._shipped():
+                if _mtime(path) < cutoff and _unlink(path):
+                    done["shipped_expired"] += 1
+        done["shipped_for_space"] = self._free_space_for_spool()
+        current = config.dead_letter_path
+        with contextlib.suppress(FileNotFoundError):
+            last_write = _mtime(current)
+            if current.stat().st_size and _utc_day(last_write) < _utc_day(now):
+                os.replace(current, self._archive_name(_utc_day(last_write)))
+                done["dead_letters_archived"] = 1
+        if config.dead_letter_keep_days is not None:
+            cutoff = now - config.dead_letter_keep_days * DAY_S
+            for path in sorted(config.spool_dir.glob("dead-letter-*.jsonl")):
+                if _mtime(path) < cutoff and _unlink(path):
+                    done["dead_letter_archives_expired"] += 1
+        if any(done.values()):
+            logger.info("traffic shipper: retention: {}", done)
+        return done
+
+    def _archive_name(self, day: str) -> Path:
+        path = self.config.spool_dir / f"dead-letter-{day}.jsonl"
+        n = 1
+        while path.exists():  # archived that day before (the file came back): keep both
+            n += 1
+            path = self.config.spool_dir / f"dead-letter-{day}.{n}.jsonl"
+        return path
+
+    def _shipped(self) -> list[tuple[int, Path]]:
+        shipped = self.config.shipped_dir
+        return list_segments(shipped) if shipped.is_dir() else []
+
+    def _free_space_for_spool(self) -> int:
+        """Delete shipped copies, oldest first, while the disk is short; returns how many."""
+        floor = 2 * self.config.min_free_bytes
+        removed = 0
+        if not floor:
+            return 0
+        for _, path in self._shipped():
+            try:
+                stats = os.statvfs(self.config.spool_dir)
+            except OSError:
+                return removed
+            if stats.f_bavail * stats.f_frsize >= floor:
+                break
+            if _unlink(path):
+                removed += 1
+        if removed:
+            logger.warning("traffic shipper: disk short under {}: deleted the {} oldest shipped "
+                           "copies", self.config.spool_dir, removed)
+        return removed
+
     def _retire_segments(self) -> None:
         for seq, path in list_segments(self.config.spool_dir):
             if seq >= self.checkpoint.segment:
@@ -316,6 +394,24 @@ class Shipper:
                 os.replace(path, self.config.shipped_dir / path.name)
             else:
                 path.unlink(missing_ok=True)
+        if self.config.keep_shipped_segments:
+            self._free_space_for_spool()
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _utc_day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
 
 
 def _error_summary(status: int, error: Any) -> dict:

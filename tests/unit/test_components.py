@@ -88,6 +88,22 @@ def test_traffic_config_is_built_as_data_and_keeps_odd_worker_names_strings():
     parsed = parse_config(yaml.safe_load(text))
     assert parsed.workers == {"10.0.1.11": "no", "10.0.1.12": "on", "10.0.1.13": "1.0"}
     assert str(parsed.spool_dir) == f"{data['data_root']}/logs/traffic/spool"
+    # Retention as group data says: a week of shipped copies, dead letters 90 days.
+    assert (parsed.keep_shipped_segments, parsed.shipped_keep_days,
+            parsed.dead_letter_keep_days) == (True, 7, 90)
+    none_kept = parse_config(yaml.safe_load(mitmproxy.traffic_config(
+        {**data, "traffic_shipped_keep_days": 0, "traffic_dead_letter_keep_days": None}, {})))
+    assert (none_kept.keep_shipped_segments, none_kept.shipped_keep_days,
+            none_kept.dead_letter_keep_days) == (False, None, None)
+
+
+def test_bad_retention_days_are_refused_naming_the_inventory_field():
+    data = {**group_defaults("orchestrator"), "worker_network": "10.0.1.0/24",
+            "orchestrator_address": "10.0.1.1", "ssh_hostname": "10.0.0.10",
+            "traffic_shipped_keep_days": -1, "traffic_dead_letter_keep_days": 0}
+    text = "\n".join(components.check_host("orchestrator", "orchestrator", data))
+    assert "traffic_shipped_keep_days: -1 is not a number of days" in text
+    assert "traffic_dead_letter_keep_days: 0 is not a number of days" in text
 
 
 def test_a_new_component_needs_only_its_module_and_one_line_per_role(monkeypatch):
