@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from autocode.traffic.spool import Checkpoint, list_segments
+from bench.hooks import cost_per_flow_us
 from bench.load import LoadResult, run_load
 from testing.mitmdump import free_port, mitmdump, stop, wait_for_port
 
@@ -154,9 +155,13 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
         # An SSE variant against bare mitmdump under the same SSE load, the rest against GETs.
         return rounds[BARE_SSE] if "SSE" in name and BARE_SSE in rounds else rounds[BARE]
 
+    def paired(name: str, results: list[VariantResult], fn) -> list[float]:
+        # Each round against bare's run of the same round: drift between rounds cancels.
+        return [fn(r.load, b.load) for r, b in zip(results, baseline(name), strict=False)]
+
     header = (f"{'variant':<38}{'req/s':>8}{'(min-max)':>12}{'p50 ms':>8}{'p99 ms':>8}"
-              f"{'vs bare':>9}{'p99 +ms':>9}{'answered':>10}{'spooled':>9}{'shipped':>9}"
-              f"{'lost':>6}")
+              f"{'vs bare':>9}{'paired':>8}{'p99 +ms':>9}{'paired':>8}{'answered':>10}"
+              f"{'spooled':>9}{'shipped':>9}{'lost':>6}")
     print()
     print(header)
     print("-" * len(header))
@@ -172,13 +177,20 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
         spooled = sum(r.spooled for r in results) if logged else None
         shipped = sum(r.shipped for r in results) if logged else None
         lost = answered - spooled if logged else None
+        paired_ratio = statistics.median(paired(
+            name, results, lambda x, b: x.throughput / b.throughput))
+        paired_p99 = statistics.median(paired(
+            name, results, lambda x, b: x.percentile(99) - b.percentile(99)))
         print(f"{name:<38}{rps:>8.0f}{f'({min(spread):.0f}-{max(spread):.0f})':>12}"
               f"{med(results, lambda x: x.percentile(50)):>8.2f}{p99:>8.2f}"
-              f"{rps / bare_rps:>9.3f}{p99 - bare_p99:>+9.2f}{answered:>10}"
+              f"{rps / bare_rps:>9.3f}{paired_ratio:>8.3f}{p99 - bare_p99:>+9.2f}"
+              f"{paired_p99:>+8.2f}{answered:>10}"
               f"{'' if spooled is None else spooled:>9}{'' if shipped is None else shipped:>9}"
               f"{'' if lost is None else lost:>6}")
         summary[name] = {"rps_median": round(rps, 1), "rps_runs": [round(x, 1) for x in spread],
                          "p99_ms_median": round(p99, 3), "vs_bare": round(rps / bare_rps, 3),
+                         "vs_bare_paired": round(paired_ratio, 3),
+                         "p99_ms_added_paired": round(paired_p99, 3),
                          "answered": answered, "spooled": spooled, "shipped": shipped,
                          "lost": lost}
     print()
@@ -201,9 +213,26 @@ def print_table(rounds: dict[str, list[VariantResult]]) -> dict:
             line += f", Elasticsearch double {double:.3f} (a stand-in, on the same 2 CPUs)"
         print(line)
     print("Medians over the rounds. vs bare: median req/s / bare's median (target >= 0.95);")
-    print("p99 +ms: median p99 minus bare's (target < 2 ms); lost: answered requests minus")
-    print("records in the spool, all rounds (must be 0). Informational; nothing asserts timings.")
+    print("p99 +ms: median p99 minus bare's (target < 2 ms); paired: the median of each")
+    print("round's figure against bare's run in the same round (slow drift of a shared machine")
+    print("cancels); lost: answered requests minus records in the spool, all rounds (must be")
+    print("0). Informational; nothing asserts timings.")
     return summary
+
+
+def print_hook_cost(bare_cpu_s_per_1000: float, metering: dict) -> dict:
+    """The addon's own CPU per flow, in-process (bench/hooks.py), beside bare mitmdump's
+    CPU per request under the load above: the share of the proxy's work it adds."""
+    bare_us = bare_cpu_s_per_1000 * 1000
+    plain, metered = cost_per_flow_us(None), cost_per_flow_us(metering)
+    print("\nThe addon's own CPU per flow, in-process (its hooks and spool writer on prepared "
+          "flows;\nsteadier than req/s), beside bare mitmdump's CPU per request above "
+          f"({bare_us:.0f} us):")
+    for name, cost in (("addon", plain), ("addon + metering", metered)):
+        print(f"  {name}: {cost:.1f} us per flow = {cost / bare_us:.3f} of bare's work "
+              f"(throughput ratio if CPU-bound: {bare_us / (bare_us + cost):.3f})")
+    return {"bare_cpu_us_per_request": round(bare_us, 1), "addon_us": round(plain, 1),
+            "addon_metering_us": round(metered, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                     metering_section(workdir, llm_port) if metered else None,
                     sse if streamed else None))
         summary = print_table(rounds)
+        summary["addon cost per flow"] = print_hook_cost(
+            summary[BARE]["proxy_cpu_s_per_1000"], metering_section(tmp_path, llm_port))
         print("\njson: " + json.dumps(summary))
     return 0
 

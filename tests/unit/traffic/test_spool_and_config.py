@@ -238,3 +238,23 @@ def test_bulk_bodies_are_compressed_only_for_a_remote_cluster_unless_set(url, se
 
     es = {"url": url, **({} if setting is None else {"compress": setting})}
     assert compresses(parse_config({"spool_dir": "/s", "elasticsearch": es})) is expected
+
+
+def test_record_ids_are_unique_hex_and_differ_in_a_forked_child():
+    import os
+
+    from autocode.traffic.record import new_record_id
+
+    ids = [new_record_id() for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids[:100])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without pytest's cleanup
+        os.write(write, new_record_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    parent = new_record_id()
+    assert len(child) == 32 and child[:16] != parent[:16] and child not in ids
