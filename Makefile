@@ -49,6 +49,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.cache
 	$(PY) -m bench.deploy
 
 clean:
