@@ -52,6 +52,7 @@ REQUEST_FACTS = "autocode_llm_request"  # (model, request bytes) of a metered ca
 LLM = "autocode_llm"  # the priced call, for its record
 ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow holds
 CACHE = "autocode_cache"  # hit, or the digest to store the answer under
+CACHE_INDEX = "autocode_cache_index"  # the host of an npm package document being read
 NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
 
 
@@ -186,8 +187,11 @@ class AutocodeLogger:
             self._from_cache(flow)
 
     def _from_cache(self, flow: http.HTTPFlow) -> None:
-        key = self.cache.key(flow.request.pretty_host, flow.request.path)
+        host, path = flow.request.pretty_host, flow.request.path
+        key = self.cache.key(host, path)
         if key is None:
+            if self.cache.is_index_document(host, path):
+                flow.metadata[CACHE_INDEX] = host  # read for its tarballs' digests
             return
         body = self.cache.lookup(key)
         if body is None:
@@ -300,6 +304,12 @@ class AutocodeLogger:
             # What the client got, decoded as the URL's digest names it.
             self.cache.store(key, flow.response.get_content(strict=False) or b"")
             flow.metadata[CACHE] = "miss"
+        host = flow.metadata.pop(CACHE_INDEX, None)
+        if host is not None and self.cache is not None and flow.response is not None \
+                and flow.response.status_code == 200 and flow.response.raw_content:
+            # Decoded and parsed by the cache's thread, not here.
+            self.cache.learn(host, flow.response.raw_content,
+                             flow.response.headers.get("content-encoding", ""))
         self._record(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:

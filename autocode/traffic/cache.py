@@ -1,26 +1,47 @@
-"""A cache at the proxy for package artifacts whose URL fixes their content: PyPI's files
-(files.pythonhosted.org/packages/<aa>/<bb>/<60 hex>/<file>, the path being the file's
-BLAKE2b-256 digest). Coding agents install the same packages again and again; a cached
-artifact is served from the orchestrator's disk, checked against its digest before every
-serving, and the request still gets its audit record (marked `cache: hit`).
+"""A cache at the proxy for package artifacts whose content is fixed by a digest:
 
-Nothing mutable is cached: index pages and metadata have no digest in their URL and are
-always fetched. Entries are written by a background thread (a hook never waits on the
-disk for a store) and evicted least recently served first above `max_bytes`.
+- PyPI's files, whose URL is the digest (files.pythonhosted.org/packages/<aa>/<bb>/<60
+  hex>/<file>, the path being the file's BLAKE2b-256);
+- npm tarballs (registry.npmjs.org/<name>/-/<name>-<version>.tgz), whose digest is in the
+  index: each package document (packument) that passes through the proxy is read, in the
+  background, for its versions' `dist.tarball` and `dist.integrity` (sha512; a version
+  with only a sha1 `shasum` is not cached), and a tarball is cached and served only under
+  the sha512 its registry's own document gave it.
+
+Coding agents install the same packages again and again; a cached artifact is served from
+the orchestrator's disk, checked against its digest before every serving, and the request
+still gets its audit record (marked `cache: hit`).
+
+Nothing mutable is cached: index pages and package documents are always fetched (the
+documents are only read as they pass). Entries are written by a background thread (a hook
+never waits on the disk for a store) and evicted least recently served first above
+`max_bytes`. Debian's .debs are not cached here: apt on the workers already checks each
+against its signed index, and the lab's hosts reach the mirror through the same proxy
+uncached.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import os
 import queue
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # /packages/<2 hex>/<2 hex>/<60 hex>/<file name>: the three parts are the digest.
 _PYPI = re.compile(r"^/packages/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{60})/[^/?#]+$")
+# /<name>/-/<file>.tgz and /@<scope>/<name>/-/<file>.tgz; no query.
+_NPM_TARBALL = re.compile(r"^/(?:@[^/?#]+/)?[^/?#@]+/-/[^/?#]+\.tgz$")
+# A package document: /<name> or /@<scope>/<name> (or its %2f form).
+_NPM_DOCUMENT = re.compile(r"^/(?:@[^/?#]+(?:/|%2[fF]))?[^/?#@][^/?#]*$")
+NPM_SHA512 = "sha512-"
+INDEX_FILE = "npm-integrity.jsonl"
 
 
 @dataclass(frozen=True)
@@ -29,10 +50,55 @@ class CacheConfig:
     max_bytes: int = 5 * 1024**3
     max_object_bytes: int = 64 * 1024**2  # larger ones pass through uncached
     hosts: tuple[str, ...] = ("files.pythonhosted.org",)
+    npm_hosts: tuple[str, ...] = ("registry.npmjs.org",)
+    max_index_entries: int = 500_000  # npm tarballs whose sha512 is known
 
 
 def blake2b_256(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=32).hexdigest()
+
+
+def matches(key: str, body: bytes) -> bool:
+    """Whether `body` is what cache key `key` names: a sha512 for npm's, else PyPI's
+    BLAKE2b-256."""
+    if key.startswith(NPM_SHA512):
+        return hashlib.sha512(body).hexdigest() == key[len(NPM_SHA512):]
+    return blake2b_256(body) == key
+
+
+def sha512_of_integrity(integrity) -> str | None:
+    """The hex sha512 of a Subresource Integrity string ('sha512-<base64> sha1-...')."""
+    if not isinstance(integrity, str):
+        return None
+    for item in integrity.split():
+        if item.startswith(NPM_SHA512):
+            try:
+                raw = base64.b64decode(item[len(NPM_SHA512):], validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return raw.hex() if len(raw) == 64 else None
+    return None
+
+
+def tarball_digests(host: str, document: bytes) -> dict[str, str]:
+    """`host + path` -> hex sha512 of every version's tarball a package document lists on
+    the same host (a document naming tarballs elsewhere vouches for nothing there)."""
+    try:
+        doc = json.loads(document)
+    except ValueError:
+        return {}
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    found = {}
+    for version in (versions.values() if isinstance(versions, dict) else ()):
+        dist = version.get("dist") if isinstance(version, dict) else None
+        if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+            continue
+        url = urlsplit(dist["tarball"])
+        digest = sha512_of_integrity(dist.get("integrity"))
+        if digest and (url.hostname or "").lower() == host and not url.query \
+                and _NPM_TARBALL.match(url.path):
+            found[host + url.path] = digest
+    return found
 
 
 class PackageCache:
@@ -46,20 +112,75 @@ class PackageCache:
         for path in config.dir.glob("*/*"):
             if path.is_file() and not path.name.startswith("."):
                 self._sizes[path] = path.stat().st_size
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=256)
+        self._npm: dict[str, str] = self._load_index()
+        self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(maxsize=256)
         self._thread = threading.Thread(target=self._store_loop, name="autocode-cache",
                                         daemon=True)
         self._thread.start()
 
     def key(self, host: str, path: str) -> str | None:
         """The digest a GET's URL fixes its content to, or None if it is not cacheable."""
-        if host.lower().rstrip(".") not in self.config.hosts:
-            return None
-        match = _PYPI.match(path)
-        return "".join(match.groups()) if match else None
+        host = host.lower().rstrip(".")
+        if host in self.config.hosts:
+            match = _PYPI.match(path)
+            return "".join(match.groups()) if match else None
+        if host in self.config.npm_hosts and _NPM_TARBALL.match(path):
+            digest = self._npm.get(host + path)  # one dict read: safe beside the thread
+            return NPM_SHA512 + digest if digest else None
+        return None
+
+    def is_index_document(self, host: str, path: str) -> bool:
+        """Whether a GET is for an npm package document, read for its tarballs' digests."""
+        host = host.lower().rstrip(".")
+        return host in self.config.npm_hosts and bool(_NPM_DOCUMENT.match(path))
+
+    def learn(self, host: str, raw: bytes, content_encoding: str) -> None:
+        """Hand a package document to the thread, which reads its tarballs' digests;
+        dropped, never waited for, when the thread is behind."""
+        try:
+            self._queue.put_nowait(("learn", f"{host.lower().rstrip('.')}|"
+                                    f"{content_encoding}", raw))
+        except queue.Full:
+            pass
 
     def _path(self, key: str) -> Path:
-        return self.config.dir / key[:2] / key
+        digest = key[len(NPM_SHA512):] if key.startswith(NPM_SHA512) else key
+        return self.config.dir / digest[:2] / key
+
+    # -- the learned npm digests: in memory, appended to one file, read back at start ----
+
+    def _load_index(self) -> dict[str, str]:
+        known: dict[str, str] = {}
+        try:
+            with open(self.config.dir / INDEX_FILE, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        entry = json.loads(line)
+                        known[entry["url"]] = entry["sha512"]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line: the rest stands
+        except FileNotFoundError:
+            pass
+        return known
+
+    def _index(self, host: str, raw: bytes, content_encoding: str) -> None:
+        from mitmproxy.net.encoding import decode
+        try:
+            document = decode(raw, content_encoding) if content_encoding else raw
+        except ValueError:
+            return
+        new = {url: digest for url, digest in tarball_digests(host, document).items()
+               if self._npm.get(url) != digest}
+        if not new:
+            return
+        path = self.config.dir / INDEX_FILE
+        if len(self._npm) + len(new) > self.config.max_index_entries:
+            self._npm = {}  # start over: the documents that pass will fill it again
+            path.unlink(missing_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"url": url, "sha512": digest}) + "\n"
+                              for url, digest in new.items())
+        self._npm.update(new)
 
     def lookup(self, key: str) -> bytes | None:
         """The artifact, if cached and still what its digest says; a damaged entry is
@@ -69,7 +190,7 @@ class PackageCache:
             body = path.read_bytes()
         except OSError:
             return None
-        if blake2b_256(body) != key:
+        if not matches(key, body):
             self.log.warning("package cache: %s does not match its digest; dropped", path)
             self._remove(path)
             return None
@@ -83,7 +204,7 @@ class PackageCache:
         if len(body) > self.config.max_object_bytes:
             return
         try:
-            self._queue.put_nowait((key, body))
+            self._queue.put_nowait(("store", key, body))
         except queue.Full:
             pass
 
@@ -92,14 +213,18 @@ class PackageCache:
             item = self._queue.get()
             if item is None:
                 return
-            key, body = item
+            kind, key, body = item
             try:
-                self._write(key, body)
+                if kind == "learn":
+                    host, _, encoding = key.partition("|")
+                    self._index(host, body, encoding)
+                else:
+                    self._write(key, body)
             except OSError:
-                self.log.exception("package cache: could not store %s", key)
+                self.log.exception("package cache: could not %s %s", kind, key)
 
     def _write(self, key: str, body: bytes) -> None:
-        if blake2b_256(body) != key:  # what upstream sent is not what the URL names
+        if not matches(key, body):  # what upstream sent is not what its digest names
             self.log.warning("package cache: a download for %s had another digest; "
                              "not cached", key)
             return
@@ -153,7 +278,7 @@ def parse_cache(p, raw) -> CacheConfig | None:
     if not isinstance(raw, dict):
         p.add("package_cache", "must be a mapping", "write {dir: ..., max_bytes: ...}")
         return None
-    known = {"dir", "max_bytes", "max_object_bytes", "hosts"}
+    known = {"dir", "max_bytes", "max_object_bytes", "hosts", "npm_hosts"}
     for name in sorted(set(raw) - known, key=str):
         p.add(f"package_cache.{name}", "is not a known field",
               f"use one of: {', '.join(sorted(known))}")
@@ -171,9 +296,12 @@ def parse_cache(p, raw) -> CacheConfig | None:
                   f"{value!r}", "write e.g. 5368709120")
             value = getattr(defaults, key)
         sizes[key] = value
-    hosts = raw.get("hosts", list(defaults.hosts))
-    if not (isinstance(hosts, list) and all(isinstance(h, str) and h for h in hosts)):
-        p.add("package_cache.hosts", "must be a list of host names",
-              "write e.g. [files.pythonhosted.org]")
-        hosts = list(defaults.hosts)
-    return CacheConfig(Path(folder), hosts=tuple(h.lower() for h in hosts), **sizes)
+    lists = {}
+    for key, example in (("hosts", "files.pythonhosted.org"), ("npm_hosts", "registry.npmjs.org")):
+        hosts = raw.get(key, list(getattr(defaults, key)))
+        if not (isinstance(hosts, list) and all(isinstance(h, str) and h for h in hosts)):
+            p.add(f"package_cache.{key}", "must be a list of host names",
+                  f"write e.g. [{example}]")
+            hosts = list(getattr(defaults, key))
+        lists[key] = tuple(h.lower() for h in hosts)
+    return CacheConfig(Path(folder), **lists, **sizes)

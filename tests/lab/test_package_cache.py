@@ -1,6 +1,8 @@
 """The package cache on real hosts: the same `pip download` of a few wheels from four
 workers, cold then warm: the first fetches each wheel from PyPI, the others get it from the
-orchestrator's cache (checked against its digest), and every request is recorded."""
+orchestrator's cache (checked against its digest), and every request is recorded; the same
+`npm pack` of a few packages from the workers that have Node, each tarball cached under the
+sha512 the registry's own package document gave it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import time
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks.mitmproxy import spool_dir
+from tasks import agent_clis
+from tasks.mitmproxy import WORKER_CA, spool_dir
 from testing.figures import record
 from testing.traffic import remote_spool_records
 
@@ -17,6 +20,9 @@ pytestmark = pytest.mark.lab
 WORKERS = group_defaults("workers")
 SPOOL = spool_dir(group_defaults("orchestrator"))
 WHEELS = ("six==1.16.0", "idna==3.7", "packaging==24.1", "certifi==2024.7.4")
+TARBALLS = ("is-number@7.0.0", "ms@2.1.3", "kleur@4.1.5")
+LAB_DATA = {**WORKERS, "node_source": "npm-registry"}
+NODE_WORKERS = ("worker1", "worker3", "worker4")  # worker2 runs Aider: no Node there
 
 
 def pip_download(ssh, host: str, tag: str) -> float:
@@ -49,3 +55,38 @@ def test_four_workers_download_the_same_wheels_once_from_upstream(ssh, converged
            f"cold {seconds['worker1']:.1f} s, warm {min(list(seconds.values())[1:]):.1f}-"
            f"{max(list(seconds.values())[1:]):.1f} s; {upstream} bytes from upstream, "
            f"{served} from the cache")
+
+
+def npm_pack(ssh, host: str, tag: str) -> float:
+    """`npm pack` fetches each package's document and tarball, as an install does; its own
+    cache is a fresh folder, so every byte crosses the proxy."""
+    started = time.monotonic()
+    npm = f"{agent_clis.node_bin_dir(LAB_DATA)}/node {WORKERS['install_dir']}/npm/bin/npm-cli.js"
+    ssh(host, f"rm -rf /tmp/{tag} /tmp/{tag}-cache && mkdir /tmp/{tag} && cd /tmp/{tag} && "
+        f"NODE_EXTRA_CA_CERTS={WORKER_CA} "
+        f"{npm} pack --silent --cache /tmp/{tag}-cache {' '.join(TARBALLS)} >/dev/null")
+    return time.monotonic() - started
+
+
+def test_workers_fetch_the_same_npm_tarballs_once_from_upstream(ssh, converged):
+    since = time.time()
+    seconds = {host: npm_pack(ssh, host, f"npm-{host}") for host in NODE_WORKERS}
+    after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(since)))
+
+    def tarball_fetch(r: dict) -> bool:
+        return r.get("host") == "registry.npmjs.org" and r["url"].endswith(".tgz") and \
+            r["worker_id"] in seconds and r["status"] == 200 and r["@timestamp"] >= after
+    records = remote_spool_records(ssh, SPOOL, tarball_fetch,
+                                   want=len(NODE_WORKERS) * len(TARBALLS))
+    assert len(records) == len(NODE_WORKERS) * len(TARBALLS), len(records)
+    hits = sum(r.get("cache") == "hit" for r in records)
+    first = [r.get("cache") for r in records if r["worker_id"] == NODE_WORKERS[0]]
+    assert "hit" not in first or hits >= len(TARBALLS)  # warm already from an earlier run
+    assert hits >= (len(NODE_WORKERS) - 1) * len(TARBALLS), [
+        (r["worker_id"], r["url"], r.get("cache")) for r in records]
+    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
+    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
+    record("package cache: 3 workers x 3 npm tarballs",
+           f"cold {seconds[NODE_WORKERS[0]]:.1f} s, warm "
+           f"{min(list(seconds.values())[1:]):.1f}-{max(list(seconds.values())[1:]):.1f} s; "
+           f"{upstream} bytes from upstream, {served} from the cache")

@@ -5,6 +5,8 @@ never are; the least recently served go first above the size bound."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import http.client
 import json
@@ -30,6 +32,7 @@ def digest_path(body: bytes, name: str) -> str:
 class Upstream:
     def __init__(self):
         self.files: dict[str, bytes] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         self.asked: list[str] = []
         upstream = self
 
@@ -44,6 +47,8 @@ class Upstream:
                 body = upstream.files.get(self.path, b"not found")
                 self.send_response(200 if self.path in upstream.files else 404)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in upstream.headers.get(self.path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -118,3 +123,87 @@ def test_the_least_recently_served_go_first_above_the_bound(tmp_path):
     cache.close()
     assert cache.lookup(keys[1]) is None and cache.lookup(keys[0]) == bodies[0]
     assert cache.size() == 2000
+
+
+def integrity(body: bytes) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(body).digest()).decode()
+
+
+def test_npm_tarballs_are_cached_under_the_sha512_their_package_document_gives(tmp_path):
+    """A tarball is cached only once its registry's own package document (read as it
+    passed through, gzipped or not) gave its sha512; a version with only a sha1, a tarball
+    the document places on another host, and a body that is not what the document says
+    are never cached; the documents themselves are always fetched."""
+    upstream = Upstream()
+    base = f"http://127.0.0.1:{upstream.port}"
+    good, old, forged = b"\x1f\x8b a tarball " * 500, b"\x1f\x8b old " * 100, b"promised"
+    paths = {"good": "/left-pad/-/left-pad-1.3.0.tgz", "old": "/left-pad/-/left-pad-0.1.0.tgz",
+             "forged": "/@acme/tool/-/tool-2.0.0.tgz", "elsewhere": "/left-pad/-/left-pad-9.tgz"}
+    left_pad = {"name": "left-pad", "versions": {
+        "1.3.0": {"dist": {"tarball": base + paths["good"], "integrity": integrity(good)}},
+        "0.1.0": {"dist": {"tarball": base + paths["old"], "shasum": "0" * 40}},
+        "9.0.0": {"dist": {"tarball": "https://mirror.example" + paths["elsewhere"],
+                           "integrity": integrity(good)}}}}
+    acme = {"name": "@acme/tool", "versions": {"2.0.0": {"dist": {
+        "tarball": base + paths["forged"], "integrity": integrity(forged)}}}}
+    upstream.files.update({
+        "/left-pad": json.dumps(left_pad).encode(),
+        "/@acme%2ftool": gzip.compress(json.dumps(acme).encode()),
+        paths["good"]: good, paths["old"]: old, paths["forged"]: b"something else",
+        paths["elsewhere"]: good})
+    upstream.headers["/@acme%2ftool"] = {"Content-Encoding": "gzip",
+                                         "Content-Type": "application/json"}
+    config = tmp_path / "traffic.yaml"
+    config.write_text(yaml.safe_dump({
+        "spool_dir": str(tmp_path / "spool"), "workers": {"127.0.0.1": "w1"},
+        "min_free_bytes": 0, "package_cache": {"dir": str(tmp_path / "cache"), "hosts": [],
+                                               "npm_hosts": ["127.0.0.1"]}}))
+    index = tmp_path / "cache" / "npm-integrity.jsonl"
+    with mitmdump(tmp_path, config) as (proxy, _):
+        # Before any document: nothing is known, so nothing is cached.
+        assert get(proxy, base + paths["good"])[2] == good
+        for document in ("/left-pad", "/@acme%2ftool"):
+            assert get(proxy, base + document)[0] == 200
+        deadline = time.monotonic() + 10
+        while index.read_text().count("\n") < 2 if index.exists() else True:
+            assert time.monotonic() < deadline, "the documents were not read"
+            time.sleep(0.05)
+        first = get(proxy, base + paths["good"])
+        deadline = time.monotonic() + 10
+        while not list((tmp_path / "cache").glob("*/sha512-*")):
+            assert time.monotonic() < deadline, "the tarball was not stored"
+            time.sleep(0.05)
+        second = get(proxy, base + paths["good"])
+        for name in ("old", "forged", "elsewhere"):
+            for _ in range(2):
+                get(proxy, base + paths[name])
+        time.sleep(0.5)
+    assert first[2] == second[2] == good and second[1].get("X-Autocode-Cache") == "hit"
+    assert upstream.asked.count(paths["good"]) == 2  # before the document, and once after
+    for name in ("old", "forged", "elsewhere"):
+        assert upstream.asked.count(paths[name]) == 2, name
+    known = [json.loads(line)["url"] for line in index.read_text().splitlines()]
+    assert sorted(known) == sorted(["127.0.0.1" + paths["good"], "127.0.0.1" + paths["forged"]])
+    marks = [(r["url"].removeprefix(base), r.get("cache")) for r in records(tmp_path / "spool")]
+    assert marks.count((paths["good"], "hit")) == 1 and (paths["good"], "miss") in marks
+    assert all(c != "hit" for u, c in marks if u != paths["good"])  # "miss": fetched
+    assert len(marks) == 11  # every request has its record
+    # Restarted, the proxy still knows the digest it learned, and serves from the cache.
+    with mitmdump(tmp_path, config) as (proxy, _):
+        assert get(proxy, base + paths["good"])[1].get("X-Autocode-Cache") == "hit"
+    assert upstream.asked.count(paths["good"]) == 2
+
+
+def test_integrity_strings_and_package_documents_are_read_strictly():
+    from autocode.traffic.cache import sha512_of_integrity, tarball_digests
+
+    body = b"x"
+    assert sha512_of_integrity(integrity(body) + " sha1-abc=") == hashlib.sha512(body).hexdigest()
+    for bad in (None, 5, "sha1-abc=", "sha512-not*base64", "sha512-" + "A" * 10):
+        assert sha512_of_integrity(bad) is None, bad
+    for bad in (b"not json", b"[]", b'{"versions": []}', b'{"versions": {"1": "x"}}',
+                b'{"versions": {"1": {"dist": {"tarball": 5}}}}'):
+        assert tarball_digests("r", bad) == {}
+    doc = {"versions": {"1": {"dist": {"tarball": "https://r/p/-/p-1.tgz?x=1",
+                                       "integrity": integrity(body)}}}}
+    assert tarball_digests("r", json.dumps(doc).encode()) == {}  # a query: not a tarball URL
