@@ -15,6 +15,7 @@ either, when ``fail_closed``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -54,6 +55,8 @@ ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow hol
 CACHE = "autocode_cache"  # hit, or the digest to store the answer under
 CACHE_INDEX = "autocode_cache_index"  # the host of an npm package document being read
 NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
+STALLED = "autocode_stalled"  # why a connection was recorded before mitmproxy ended it
+SERVER_CLOSED_GRACE_S = 5.0
 
 
 class RefusedConnection(layer.Layer):
@@ -99,6 +102,7 @@ class AutocodeLogger:
         self.meter: Meter | None = None
         self.rate_limiter: RateLimiter | None = None
         self.cache: PackageCache | None = None
+        self._open_tcp: dict[str, tcp.TCPFlow] = {}  # relayed, not yet recorded
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -144,6 +148,10 @@ class AutocodeLogger:
         )
 
     def done(self) -> None:
+        # Connections still open when the proxy stops are recorded before the writer goes.
+        for flow in list(self._open_tcp.values()):
+            flow.metadata.setdefault(STALLED, "still open when the proxy stopped")
+            self._record_connection(flow)
         self._stop_writer()
 
     def _stop_writer(self) -> None:
@@ -349,6 +357,7 @@ class AutocodeLogger:
         return None
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self._open_tcp[flow.id] = flow
         writer = self.writer
         if writer is not None and writer.try_reserve():
             flow.metadata[RESERVED] = True
@@ -362,6 +371,25 @@ class AutocodeLogger:
 
     def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self._record_connection(flow)
+
+    def server_disconnected(self, data) -> None:
+        """A relayed connection whose server side has closed gets its record even if
+        mitmproxy never ends the flow: seen on Debian 13, where a server's TLS close that
+        mitmproxy read as an error ("tlsv1 alert decode error") left the client side open
+        with no tcp_end or tcp_error until the proxy stopped. Normally the flow ends at
+        once; this waits a grace period first, so the usual record is the one kept."""
+        server_id = data.server.id
+        for flow in list(self._open_tcp.values()):
+            if flow.server_conn.id == server_id:
+                asyncio.get_running_loop().call_later(
+                    SERVER_CLOSED_GRACE_S, self._record_stalled, flow.id)
+
+    def _record_stalled(self, flow_id: str) -> None:
+        flow = self._open_tcp.get(flow_id)
+        if flow is not None and not flow.metadata.get(LOGGED):
+            flow.metadata[STALLED] = ("the server closed; the client side was still open "
+                                      f"{SERVER_CLOSED_GRACE_S:g} s later")
+            self._record_connection(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._record_connection(flow)
@@ -380,6 +408,8 @@ class AutocodeLogger:
         is_tcp = isinstance(flow, tcp.TCPFlow)
         # A WebSocket's HTTP upgrade has its own record; this one is for the connection.
         done = LOGGED if is_tcp else WEBSOCKET_LOGGED
+        if is_tcp:
+            self._open_tcp.pop(flow.id, None)
         if metadata.get(done) or self.config is None:
             return
         metadata[done] = True
@@ -402,7 +432,8 @@ class AutocodeLogger:
                 bytes_from_server=sum(len(m.content) for m in messages if not m.from_client),
                 started=flow.client_conn.timestamp_start if is_tcp else
                 flow.request.timestamp_start,
-                error=flow.error.msg if flow.error is not None else None, **extra)
+                error=flow.error.msg if flow.error is not None else metadata.get(STALLED),
+                **extra)
         except Exception:
             log.exception("autocode traffic logger could not build a connection record")
             if reserved and self.writer is not None:

@@ -6,9 +6,12 @@ arrived."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -193,3 +196,74 @@ def test_exchange_helper_sees_a_closed_connection(tmp_path):
         conn, _ = server.accept()
         conn.close()
         assert exchange(client, b"x") == b""
+
+
+class AlertingTlsServer:
+    """A TLS server that answers the first read, then writes a bare TLS alert record
+    (fatal, decode_error) on the socket beneath its TLS and closes: the proxy reads a TLS
+    error from the server as the relay ends, as it did from Debian 13's listener."""
+
+    ALERT = b"\x15\x03\x03\x00\x02\x02\x32"
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._sock.close()
+
+    def _serve(self):
+        with contextlib.suppress(OSError):
+            conn, _ = self._sock.accept()
+            tls = self.context.wrap_socket(conn, server_side=True)
+            tls.sendall(tls.recv(65536))
+            os.write(tls.fileno(), self.ALERT)
+            time.sleep(0.2)
+            tls.close()
+
+
+def test_a_relay_the_server_ends_with_a_tls_error_still_gets_its_record(tmp_path,
+                                                                        tls_upstream):
+    """The server's side ends in a TLS error while the client's stays open: one record,
+    no more. (On Debian 13 mitmproxy then never ended the flow; here, on Debian 12, it
+    does, so this shows the ordinary path and that the addon's grace-period record,
+    shown on Debian 13 by tests/lab/test_non_http.py, adds no second one.)"""
+    ca, server_context = tls_upstream
+    extra = (*LAZY, "--set", f"ssl_verify_upstream_trusted_ca={ca}")
+    with AlertingTlsServer(server_context) as server, mitmdump(
+            tmp_path, config(tmp_path, non_http="allow"), extra) as (proxy, _):
+        tunnel = connect_tunnel(proxy, "localhost", server.port)
+        client = mitm_ca(tmp_path).wrap_socket(tunnel, server_hostname="localhost")
+        client.sendall(PAYLOAD)
+        client.settimeout(3)
+        got = b""
+        with contextlib.suppress(OSError):
+            while len(got) < len(PAYLOAD) and (chunk := client.recv(65536)):
+                got += chunk
+        # The client keeps its side open, as the worker's client did.
+        [record] = records(tmp_path, "tcp", want=1, limit=12)
+        client.close()
+        time.sleep(0.5)
+        again = records(tmp_path, "tcp", want=2, limit=1)
+    assert got == PAYLOAD
+    assert record["verdict"] == "allowed" and record["sni"] == "localhost"
+    assert record["bytes_from_client"] == len(PAYLOAD)
+    assert len(again) == 1
+
+
+def test_connections_open_when_the_proxy_stops_are_recorded(tmp_path):
+    with EchoServer() as echo:
+        with mitmdump(tmp_path, config(tmp_path, non_http="allow"), LAZY) as (proxy, _):
+            held = connect_tunnel(proxy, "127.0.0.1", echo.port)
+            assert exchange(held, PAYLOAD) == PAYLOAD
+        [record] = records(tmp_path, "tcp", want=1, limit=5)
+        held.close()
+    # mitmproxy 11 ends such flows itself as it stops (tcp_end), the addon's own last look
+    # (done) would otherwise: either way, one record.
+    assert record["verdict"] == "allowed" and record["bytes_from_client"] == len(PAYLOAD)
