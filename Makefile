@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LAB_PACKAGES := systemd-container debootstrap iptables nftables iproute2 openssh-client gnupg openssl
 LAB_TOOLS := systemd-nspawn debootstrap iptables nft ip ssh gpg openssl
 
-.PHONY: venv system-deps lab lab-down test unit-test lab-test bench lint clean
+.PHONY: venv system-deps lab lab-down test unit-test lab-test lab-test-trixie bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,13 @@ unit-test: system-deps $(STAMP)
 lab-test: system-deps $(STAMP)
 	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; $(PY) -m pytest -q -rs tests/lab
 
-test: unit-test lab-test
+# Debian 13 hosts: converge, idempotence, drift, egress and non-HTTP (lab/config.py SUITES).
+TRIXIE_TESTS := tests/lab/test_base_converge.py tests/lab/test_egress.py tests/lab/test_non_http.py
+lab-test-trixie: system-deps $(STAMP)
+	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; \
+	  AUTOCODE_LAB_SUITE=trixie $(PY) -m pytest -q -rs -p no:cacheprovider $(TRIXIE_TESTS)
+
+test: unit-test lab-test lab-test-trixie
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -209,6 +209,20 @@ class DefaultGateways(FactBase):
         return [r.get("gateway") for r in routes if r.get("gateway")]
 
 
+class PythonVersion(FactBase):
+    """The host's python3 as [major, minor], or None without one: what the runtime's
+    venv is built on, so pins that need a newer Python follow it."""
+
+    def command(self) -> str:
+        return "python3 -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null || true"
+
+    def process(self, output):
+        parts = " ".join(output).split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return [int(parts[0]), int(parts[1])]
+        return None
+
+
 class FileText(FactBase):
     """A text file's contents, or None when it does not exist or is empty."""
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .api import Lab
-from .config import LabConfig, default_extra_ca_certs
+from .config import SUITE, SUITES, LabConfig, default_extra_ca_certs
 from .sh import LabError
 
 
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="build and boot the lab hosts, write the inventory")
     p_up.add_argument("--workers", type=int, default=4, help="number of workers (default 4)")
+    p_up.add_argument("--suite", choices=SUITES, default=SUITE,
+                      help=f"Debian release of the hosts (default {SUITE}; "
+                      "AUTOCODE_LAB_SUITE sets the default)")
     p_up.add_argument("--extra-ca", action="append", type=Path, default=None, metavar="FILE",
                       help="CA certificate the hosts should trust (repeatable); default: "
                       "those in /usr/local/share/ca-certificates")
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             for cert in extra:
                 if not cert.is_file():
                     raise LabError(f"--extra-ca {cert}: no such file")
-            lab = Lab(replace(LabConfig(), workers=args.workers, extra_ca_certs=extra))
+            lab = Lab(replace(LabConfig(), workers=args.workers, extra_ca_certs=extra,
+                              suite=args.suite))
             seconds = lab.up()
             print(f"lab up: {len(lab.hosts)} hosts in {seconds:.0f}s; inventory at "
                   f"{lab.inventory_file}")

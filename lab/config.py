@@ -17,7 +17,10 @@ DEFAULT_WORKER_NET = "10.237.1.0/24"
 DEFAULT_UPLINK6 = "fd37:ac::/64"
 DEFAULT_WORKER_NET6 = "fd37:ac:1::/64"
 MIRROR = os.environ.get("AUTOCODE_LAB_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
+# The Debian release of every lab host: bookworm (12) by default, trixie (13) the other
+# one tested (closer to current Ubuntu LTS: Python 3.13, a newer systemd).
+SUITES = ("bookworm", "trixie")
+SUITE = os.environ.get("AUTOCODE_LAB_SUITE", "bookworm")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class LabConfig:
     uplink6: str = DEFAULT_UPLINK6
     worker_net6: str = DEFAULT_WORKER_NET6
     extra_ca_certs: tuple[Path, ...] = field(default_factory=tuple)
+    suite: str = SUITE
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise LabError(f"suite {self.suite!r} is not one the lab builds; use one of "
+                           f"{', '.join(SUITES)} (AUTOCODE_LAB_SUITE or --suite)")
 
     # --- addresses -------------------------------------------------------------------
     def _host(self, net: str, index: int) -> str:

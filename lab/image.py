@@ -1,4 +1,5 @@
-"""The lab's root image: a debootstrapped Debian 12, cached under a key of its recipe.
+"""The lab's root image: a debootstrapped Debian (12 unless the lab's suite says 13),
+cached under a key of its recipe.
 
 The key hashes this file and the package list, so editing the recipe rebuilds the image
 and nothing else does. Machines are copies of the image, so a host can be thrown away and
@@ -12,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import MIRROR, SUITE, LabConfig
+from .config import MIRROR, SUITES, LabConfig
 from .sh import run
 
 # What a freshly installed Debian 12 VM has that pyinfra and our tests rely on.
@@ -22,26 +23,25 @@ PACKAGES = (
     "iputils-ping",  # the tests show ICMP from a worker failing
 )
 
-APT_SOURCES = f"""\
-deb {MIRROR} {SUITE} main
-deb {MIRROR} {SUITE}-updates main
-deb {MIRROR.replace('/debian', '/debian-security')} {SUITE}-security main
-"""
+def apt_sources(suite: str) -> str:
+    return (f"deb {MIRROR} {suite} main\n"
+            f"deb {MIRROR} {suite}-updates main\n"
+            f"deb {MIRROR.replace('/debian', '/debian-security')} {suite}-security main\n")
 
 # Timers that would take the dpkg lock in the middle of a deploy; a lab host is ours.
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
                 "fstrim.timer")
 
 
-def recipe_key() -> str:
+def recipe_key(suite: str) -> str:
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
-    digest.update(f"{SUITE} {MIRROR} {' '.join(PACKAGES)}".encode())
-    return digest.hexdigest()[:16]
+    digest.update(f"{suite} {MIRROR} {' '.join(PACKAGES)}".encode())
+    return f"{suite}-{digest.hexdigest()[:16]}"
 
 
 def image_path(cfg: LabConfig) -> Path:
-    return cfg.images_dir / recipe_key()
+    return cfg.images_dir / recipe_key(cfg.suite)
 
 
 def ensure_image(cfg: LabConfig, log=print) -> Path:
@@ -55,19 +55,23 @@ def ensure_image(cfg: LabConfig, log=print) -> Path:
     log(f"building the lab image {image.name} with debootstrap (about a minute)...")
     started = time.monotonic()
     run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-        SUITE, str(partial), MIRROR, timeout=1800)
-    _configure(partial)
+        cfg.suite, str(partial), MIRROR, timeout=1800)
+    _configure(partial, cfg.suite)
     partial.rename(image)
     log(f"image built in {time.monotonic() - started:.0f}s")
-    # Older images are of recipes nobody uses any more.
+    # Older images of this suite are of recipes nobody uses any more; another suite's
+    # image stays for its own lab.
     for old in cfg.images_dir.iterdir():
-        if old != image:
+        other_suite = any(old.name.startswith(f"{s}-") for s in SUITES if s != cfg.suite)
+        if old != image and not other_suite:
             shutil.rmtree(old, ignore_errors=True)
     return image
 
 
-def _configure(root: Path) -> None:
-    (root / "etc/apt/sources.list").write_text(APT_SOURCES)
+def _configure(root: Path, suite: str) -> None:
+    (root / "etc/apt/sources.list").write_text(apt_sources(suite))
+    # trixie's debootstrap writes deb822 sources too: one list, not the same one twice.
+    (root / "etc/apt/sources.list.d/debian.sources").unlink(missing_ok=True)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()  # every machine gets its own host keys
     (root / "etc/machine-id").write_text("")

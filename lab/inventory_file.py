@@ -11,6 +11,9 @@ from .config import LabConfig
 # Agents the lab's four workers run. Not cursor-cli: its vendor's servers, the only source
 # of its CLI, are unreachable from here (tests/lab/test_agents.py shows the deploy saying so).
 LAB_AGENTS = ("claude-code", "aider", "qwen-coder", "claude-code")
+# Debian 13's Python 3.13 is newer than any aider-chat release admits (Requires-Python
+# <3.13): there the second worker runs Qwen Code instead.
+LAB_AGENTS_BY_SUITE = {"trixie": ("claude-code", "qwen-coder", "qwen-coder", "claude-code")}
 
 # The lab's LLM API fixture on the internet host (lab/fixtures/llm_api.py), through the
 # orchestrator's proxy like any outside API; by address, as the workers' resolver forwards
@@ -34,6 +37,7 @@ def write_known_hosts(cfg: LabConfig) -> None:
 
 
 def render(cfg: LabConfig) -> dict:
+    agents = LAB_AGENTS_BY_SUITE.get(cfg.suite, LAB_AGENTS)
     orch = cfg.orchestrator
     doc: dict = {
         "ssh": {
@@ -77,7 +81,7 @@ def render(cfg: LabConfig) -> dict:
             {
                 "name": w.name,
                 "address": w.worker_addr,
-                "agent_type": LAB_AGENTS[(n - 1) % len(LAB_AGENTS)],
+                "agent_type": agents[(n - 1) % len(agents)],
                 "daily_budget_usd": 25,
             }
             for n, w in ((n, cfg.worker(n)) for n in range(1, cfg.workers + 1))

@@ -286,11 +286,26 @@ def worker() -> None:
         agent_cli(name=f"aider {versions['aider']} (PyPI)", item="aider",
                   want=versions["aider"],
                   installed=installed,
-                  commands=(f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
+                  commands=(_aider_python_check(versions["aider"]),
+                            f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
                             f"{q(venv)}/bin/pip install {runtime.PIP} --quiet "
                             f"{q('aider-chat==' + versions['aider'])}"))
     if "cursor-cli" in kinds:
         _cursor(data, installed, versions["cursor-cli"])
+
+
+# Every aider-chat release so far declares Requires-Python <3.13: on a host whose python3 is
+# newer (Debian 13, Ubuntu 25.04 and later) pip finds no version, so say why instead.
+AIDER_PYTHON_BELOW = (3, 13)
+
+
+def _aider_python_check(version: str) -> str:
+    below = ".".join(map(str, AIDER_PYTHON_BELOW))
+    message = (f"aider {version} needs Python < {below} and this host's python3 is newer; "
+               "fix: give this worker another agent_type, or run it on a release with "
+               "Python 3.12 or older (Debian 12, Ubuntu 24.04)")
+    check = f"import sys; sys.exit(sys.version_info[:2] >= {AIDER_PYTHON_BELOW!r})"
+    return f"python3 -c {q(check)} || {{ echo {q(message)} >&2; exit 1; }}"
 
 
 def _cursor(data, installed: dict, version: str) -> None:

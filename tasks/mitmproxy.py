@@ -56,6 +56,10 @@ def check(problems: Problems, role: str, data) -> None:
     version = data.get("mitmproxy_version")
     if not (isinstance(version, str) and version[:1].isdigit()):
         problems.add("mitmproxy_version", f"{version!r} is not a version; pin one, e.g. 11.0.2")
+    newer = data.get("mitmproxy_version_py312")
+    if newer is not None and not (isinstance(newer, str) and newer[:1].isdigit()):
+        problems.add("mitmproxy_version_py312", f"{newer!r} is not a version; pin one, e.g. "
+                     "12.3.1, or null for mitmproxy_version on every Python")
     for name, zero_ok in (("traffic_shipped_keep_days", True),
                           ("traffic_dead_letter_keep_days", False)):
         days = data.get(name)
@@ -74,7 +78,11 @@ COMPONENT = Component(
     name="mitmproxy",
     settings={
         "mitmproxy_port": 8080,
+        # On a host whose python3 is 3.12 or newer (Debian 13, Ubuntu 24.04), the runtime
+        # takes mitmproxy_version_py312 (mitmproxy 12 needs Python 3.12); null: the same
+        # mitmproxy_version everywhere.
         "mitmproxy_version": "11.0.2",
+        "mitmproxy_version_py312": "12.3.1",
         # Unaudited egress is worse than none: when its spool cannot be written, new
         # flows get a 503 unless this is False.
         "proxy_fail_closed": True,
@@ -107,8 +115,23 @@ COMPONENT = Component(
     }},
     worker_ports=lambda data: [data["mitmproxy_port"]],
     runtime_extras={"orchestrator": ("proxy",)},
-    runtime_pins=lambda data: [f"mitmproxy=={data['mitmproxy_version']}"],
+    runtime_pins=lambda data: runtime_pins(data),
 )
+
+
+def mitmproxy_pin(data) -> str:
+    """The mitmproxy release for this host: mitmproxy_version_py312 where its python3 (the
+    runtime's `host_python` fact) is 3.12 or newer, else mitmproxy_version."""
+    python = data.get("host_python")
+    if python and tuple(python) >= (3, 12) and data.get("mitmproxy_version_py312"):
+        return data["mitmproxy_version_py312"]
+    return data["mitmproxy_version"]
+
+
+def runtime_pins(data) -> list[str]:
+    version = mitmproxy_pin(data)
+    # mitmproxy 11 imports passlib, whose bcrypt probe crashes on bcrypt 5 (12 needs 5).
+    return [f"mitmproxy=={version}"] + (["bcrypt>=4,<5"] if version.startswith("11.") else [])
 
 
 def spool_dir(data) -> str:

@@ -19,7 +19,7 @@ from autocode.agents import AgentFactory
 from autocode.config import NAME_PATTERN
 from infra import components
 from infra.component import Component
-from infra.facts import FileText, q
+from infra.facts import FileText, PythonVersion, fact_once, q
 from infra.operations import directory
 from infra.validation import Problems, is_number
 from infra.wheel import autocode_wheel
@@ -95,10 +95,16 @@ def _role() -> str:
     return "orchestrator" if "orchestrator" in host.groups else "worker"
 
 
+def runtime_data() -> dict:
+    """The host's data, and its python3's version as `host_python` (a pin that needs a newer
+    Python follows it: tasks/mitmproxy.py)."""
+    return {**host.data.dict(), "host_python": fact_once(host, PythonVersion)}
+
+
 def install_digest() -> str | None:
     """What this host's runtime install is made of (wheel, extras, pins): a service that
     runs from the runtime has it as an input, and restarts when it changes."""
-    needs = components.runtime_needs(_role(), host.data.dict())
+    needs = components.runtime_needs(_role(), runtime_data())
     if needs is None:
         return None
     extras, pins = needs
@@ -106,7 +112,7 @@ def install_digest() -> str | None:
 
 
 def _install() -> None:
-    needs = components.runtime_needs(_role(), host.data.dict())
+    needs = components.runtime_needs(_role(), runtime_data())
     if needs is None:
         return
     extras, pins = needs

@@ -51,8 +51,16 @@ def test_worker_ports_follow_the_owning_components_settings():
 def test_one_runtime_install_per_host_with_the_union_of_needs():
     orch = group_defaults("orchestrator")
     assert components.runtime_needs("orchestrator", orch) == (
-        ("proxy",), (f"mitmproxy=={orch['mitmproxy_version']}",))
+        ("proxy",), ("bcrypt>=4,<5", f"mitmproxy=={orch['mitmproxy_version']}"))
     assert components.runtime_needs("worker", group_defaults("workers")) == ((), ())
+    # The pin follows the host's Python: mitmproxy 12 needs 3.12 (Debian 13, Ubuntu 24.04).
+    old = ("bcrypt>=4,<5", "mitmproxy==11.0.2")  # 11 with passlib's bcrypt<5
+    for python, pins in (([3, 11], old), ([3, 12], ("mitmproxy==12.3.1",)),
+                         ([3, 13], ("mitmproxy==12.3.1",)), (None, old)):
+        assert components.runtime_needs("orchestrator", {**orch, "host_python": python})[1] \
+            == pins, python
+    assert components.runtime_needs("orchestrator", {
+        **orch, "host_python": [3, 13], "mitmproxy_version_py312": None})[1] == old
 
 
 def test_every_components_check_runs_in_one_pass():
