@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+KV_UPGRADING = "Upgrading from non-versioned to versioned data"
+UPGRADE_WAIT_S = 30.0
 
 
 class VaultAPIError(RuntimeError):
@@ -52,7 +56,21 @@ class VaultAPI:
 
     def request(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (),
                 authenticated: bool = True) -> dict[str, Any] | None:
-        """The decoded JSON answer (None for 204 or a status listed in `ok`)."""
+        """The decoded JSON answer (None for 204 or a status listed in `ok`). A KV v2
+        mount just made answers 400 "Upgrading from non-versioned to versioned data" for
+        a moment (Vault and OpenBao alike): that is waited out, up to UPGRADE_WAIT_S."""
+        deadline = time.monotonic() + UPGRADE_WAIT_S
+        while True:
+            try:
+                return self._request(method, path, body, ok, authenticated)
+            except VaultAPIError as exc:
+                if exc.status != 400 or KV_UPGRADING not in str(exc) or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _request(self, method: str, path: str, body: Any, ok: tuple[int, ...],
+                 authenticated: bool) -> dict[str, Any] | None:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.url}/v1/{path.lstrip('/')}", data=data,
                                      method=method)

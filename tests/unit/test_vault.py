@@ -402,3 +402,4 @@ def test_the_api_port_is_open_to_management_networks_only():
     assert jump < min(allow) and max(allow) < drop
     text = _problems("orchestrator", management_networks=["192.0.2.0/24", "fd00::/8", "x"])
     assert text.count("management_networks:") == 2
+
