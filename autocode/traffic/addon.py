@@ -53,7 +53,7 @@ REQUEST_FACTS = "autocode_llm_request"  # (model, request bytes) of a metered ca
 LLM = "autocode_llm"  # the priced call, for its record
 ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow holds
 CACHE = "autocode_cache"  # hit, or the digest to store the answer under
-CACHE_INDEX = "autocode_cache_index"  # the host of an npm package document being read
+CACHE_INDEX = "autocode_cache_index"  # the host of an index being read for digests
 NON_HTTP_BLOCKED = "non-HTTP traffic is blocked (non_http: block)"
 STALLED = "autocode_stalled"  # why a connection was recorded before mitmproxy ended it
 SERVER_CLOSED_GRACE_S = 5.0
@@ -197,12 +197,17 @@ class AutocodeLogger:
     def _from_cache(self, flow: http.HTTPFlow) -> None:
         host, path = flow.request.pretty_host, flow.request.path
         key = self.cache.key(host, path)
+        # An index (a package document, a Packages file) is read for the digests it gives
+        # when fetched; a Packages file fetched by its hash is also cached itself.
+        index = self.cache.is_index_document(host, path)
         if key is None:
-            if self.cache.is_index_document(host, path):
-                flow.metadata[CACHE_INDEX] = host  # read for its tarballs' digests
+            if index:
+                flow.metadata[CACHE_INDEX] = host
             return
         body = self.cache.lookup(key)
         if body is None:
+            if index:
+                flow.metadata[CACHE_INDEX] = host
             flow.metadata[CACHE] = key  # fetched: stored once it has arrived whole
             return
         flow.metadata[CACHE] = "hit"
@@ -316,7 +321,7 @@ class AutocodeLogger:
         if host is not None and self.cache is not None and flow.response is not None \
                 and flow.response.status_code == 200 and flow.response.raw_content:
             # Decoded and parsed by the cache's thread, not here.
-            self.cache.learn(host, flow.response.raw_content,
+            self.cache.learn(host, flow.request.path, flow.response.raw_content,
                              flow.response.headers.get("content-encoding", ""))
         self._record(flow)
 

@@ -8,16 +8,20 @@
   with only a sha1 `shasum` is not cached), and a tarball is cached and served only under
   the sha512 its registry's own document gave it.
 
+- Debian's (and Ubuntu's) archive: index files apt fetches by their digest
+  (`.../by-hash/SHA256/<hex>`), and packages under `pool/`, cached under the SHA256 the
+  archive's Packages index gave them (each index that passes, xz or gzip, is read in the
+  background for its `Filename` and `SHA256` pairs). The InRelease/Release files that
+  sign the indexes are never cached; apt checks each index and package against them.
+
 Coding agents install the same packages again and again; a cached artifact is served from
 the orchestrator's disk, checked against its digest before every serving, and the request
 still gets its audit record (marked `cache: hit`).
 
-Nothing mutable is cached: index pages and package documents are always fetched (the
-documents are only read as they pass). Entries are written by a background thread (a hook
-never waits on the disk for a store) and evicted least recently served first above
-`max_bytes`. Debian's .debs are not cached here: apt on the workers already checks each
-against its signed index, and the lab's hosts reach the mirror through the same proxy
-uncached.
+Nothing mutable is cached: index pages, package documents, Release files are always
+fetched (the indexes are only read as they pass). Entries are written by a background
+thread (a hook never waits on the disk for a store) and evicted least recently served
+first above `max_bytes`.
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ _PYPI = re.compile(r"^/packages/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{60})/[^/?#
 _NPM_TARBALL = re.compile(r"^/(?:@[^/?#]+/)?[^/?#@]+/-/[^/?#]+\.tgz$")
 # A package document: /<name> or /@<scope>/<name> (or its %2f form).
 _NPM_DOCUMENT = re.compile(r"^/(?:@[^/?#]+(?:/|%2[fF]))?[^/?#@][^/?#]*$")
+# Debian's archive: index files fetched by their digest (Acquire-By-Hash), and packages
+# under pool/ whose SHA256 the (signed) Packages index gives.
+_BY_HASH = re.compile(r"^/[^?#]*/by-hash/SHA256/([0-9a-f]{64})$")
+_DEB_POOL = re.compile(r"^/(?:[^?#]*/)?pool/[^?#]+\.u?deb$")
+_DEB_DISTS = re.compile(r"^(/(?:[^?#]*/)?)dists/[^?#]+$")
 NPM_SHA512 = "sha512-"
-INDEX_FILE = "npm-integrity.jsonl"
+SHA256 = "sha256-"
+INDEX_FILE = "learned-digests.jsonl"
+MAX_INDEX_DOCUMENT = 256 * 1024**2  # a decompressed Packages file is some 50 MB
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,9 @@ class CacheConfig:
     max_object_bytes: int = 64 * 1024**2  # larger ones pass through uncached
     hosts: tuple[str, ...] = ("files.pythonhosted.org",)
     npm_hosts: tuple[str, ...] = ("registry.npmjs.org",)
-    max_index_entries: int = 500_000  # npm tarballs whose sha512 is known
+    deb_hosts: tuple[str, ...] = ("deb.debian.org", "security.debian.org",
+                                  "archive.ubuntu.com", "security.ubuntu.com")
+    max_index_entries: int = 1_000_000  # artifacts whose digest an index gave
 
 
 def blake2b_256(body: bytes) -> str:
@@ -59,11 +72,55 @@ def blake2b_256(body: bytes) -> str:
 
 
 def matches(key: str, body: bytes) -> bool:
-    """Whether `body` is what cache key `key` names: a sha512 for npm's, else PyPI's
-    BLAKE2b-256."""
+    """Whether `body` is what cache key `key` names: a sha512 for npm's, a sha256 for
+    Debian's, else PyPI's BLAKE2b-256."""
     if key.startswith(NPM_SHA512):
         return hashlib.sha512(body).hexdigest() == key[len(NPM_SHA512):]
+    if key.startswith(SHA256):
+        return hashlib.sha256(body).hexdigest() == key[len(SHA256):]
     return blake2b_256(body) == key
+
+
+def _hex(key: str) -> str:
+    return key.split("-", 1)[1] if key.startswith((NPM_SHA512, SHA256)) else key
+
+
+def deb_digests(host: str, root: str, text: bytes) -> dict[str, str]:
+    """`host + root + Filename` -> cache key (sha256) of every package a Debian Packages
+    index lists; anything else (Release, Translation, Contents) yields nothing."""
+    if not text.startswith(b"Package: "):
+        return {}
+    found = {}
+    filename = sha256 = None
+    for line in [*text.split(b"\n"), b""]:  # the last stanza may lack its blank line
+        if line.startswith(b"Filename: "):
+            filename = line[10:].strip().decode("utf-8", "replace")
+        elif line.startswith(b"SHA256: "):
+            sha256 = line[8:].strip().decode("ascii", "replace")
+        elif not line:  # the end of a stanza
+            if filename and sha256 and re.fullmatch(r"[0-9a-f]{64}", sha256) and \
+                    _DEB_POOL.match("/" + filename) and ".." not in filename:
+                found[host + root + filename] = SHA256 + sha256
+            filename = sha256 = None
+    return found
+
+
+def decompress_index(raw: bytes) -> bytes | None:
+    """An index file as fetched (xz, gzip, or plain), decompressed; None if too big or
+    broken."""
+    import gzip
+    import lzma
+    try:
+        if raw.startswith(b"\xfd7zXZ\x00"):
+            text = lzma.LZMADecompressor().decompress(raw, MAX_INDEX_DOCUMENT)
+        elif raw.startswith(b"\x1f\x8b"):
+            text = gzip.GzipFile(fileobj=__import__("io").BytesIO(raw)).read(
+                MAX_INDEX_DOCUMENT)
+        else:
+            text = raw
+    except (lzma.LZMAError, OSError, EOFError):
+        return None
+    return text
 
 
 def sha512_of_integrity(integrity) -> str | None:
@@ -81,7 +138,7 @@ def sha512_of_integrity(integrity) -> str | None:
 
 
 def tarball_digests(host: str, document: bytes) -> dict[str, str]:
-    """`host + path` -> hex sha512 of every version's tarball a package document lists on
+    """`host + path` -> cache key (sha512) of every version's tarball a package document lists on
     the same host (a document naming tarballs elsewhere vouches for nothing there)."""
     try:
         doc = json.loads(document)
@@ -97,7 +154,7 @@ def tarball_digests(host: str, document: bytes) -> dict[str, str]:
         digest = sha512_of_integrity(dist.get("integrity"))
         if digest and (url.hostname or "").lower() == host and not url.query \
                 and _NPM_TARBALL.match(url.path):
-            found[host + url.path] = digest
+            found[host + url.path] = NPM_SHA512 + digest
     return found
 
 
@@ -112,7 +169,7 @@ class PackageCache:
         for path in config.dir.glob("*/*"):
             if path.is_file() and not path.name.startswith("."):
                 self._sizes[path] = path.stat().st_size
-        self._npm: dict[str, str] = self._load_index()
+        self._learned: dict[str, str] = self._load_index()  # URL -> key an index gave
         self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(maxsize=256)
         self._thread = threading.Thread(target=self._store_loop, name="autocode-cache",
                                         daemon=True)
@@ -125,29 +182,36 @@ class PackageCache:
             match = _PYPI.match(path)
             return "".join(match.groups()) if match else None
         if host in self.config.npm_hosts and _NPM_TARBALL.match(path):
-            digest = self._npm.get(host + path)  # one dict read: safe beside the thread
-            return NPM_SHA512 + digest if digest else None
+            return self._learned.get(host + path)  # one dict read: safe beside the thread
+        if host in self.config.deb_hosts:
+            match = _BY_HASH.match(path)
+            if match:
+                return SHA256 + match.group(1)
+            if _DEB_POOL.match(path):
+                return self._learned.get(host + path)
         return None
 
     def is_index_document(self, host: str, path: str) -> bool:
-        """Whether a GET is for an npm package document, read for its tarballs' digests."""
+        """Whether a GET is for an index that gives artifacts' digests: an npm package
+        document, or a file of a Debian archive's dists/ (a Packages index among them)."""
         host = host.lower().rstrip(".")
-        return host in self.config.npm_hosts and bool(_NPM_DOCUMENT.match(path))
+        if host in self.config.npm_hosts:
+            return bool(_NPM_DOCUMENT.match(path))
+        return host in self.config.deb_hosts and bool(_DEB_DISTS.match(path))
 
-    def learn(self, host: str, raw: bytes, content_encoding: str) -> None:
-        """Hand a package document to the thread, which reads its tarballs' digests;
-        dropped, never waited for, when the thread is behind."""
+    def learn(self, host: str, path: str, raw: bytes, content_encoding: str) -> None:
+        """Hand an index to the thread, which reads the digests it gives; dropped, never
+        waited for, when the thread is behind."""
         try:
-            self._queue.put_nowait(("learn", f"{host.lower().rstrip('.')}|"
+            self._queue.put_nowait(("learn", f"{host.lower().rstrip('.')}|{path}|"
                                     f"{content_encoding}", raw))
         except queue.Full:
             pass
 
     def _path(self, key: str) -> Path:
-        digest = key[len(NPM_SHA512):] if key.startswith(NPM_SHA512) else key
-        return self.config.dir / digest[:2] / key
+        return self.config.dir / _hex(key)[:2] / key
 
-    # -- the learned npm digests: in memory, appended to one file, read back at start ----
+    # -- digests learned from indexes: in memory, appended to one file, read at start -----
 
     def _load_index(self) -> dict[str, str]:
         known: dict[str, str] = {}
@@ -156,31 +220,36 @@ class PackageCache:
                 for line in handle:
                     try:
                         entry = json.loads(line)
-                        known[entry["url"]] = entry["sha512"]
+                        known[entry["url"]] = entry["key"]
                     except (ValueError, KeyError, TypeError):
                         continue  # a torn last line: the rest stands
         except FileNotFoundError:
             pass
         return known
 
-    def _index(self, host: str, raw: bytes, content_encoding: str) -> None:
+    def _index(self, host: str, path: str, raw: bytes, content_encoding: str) -> None:
         from mitmproxy.net.encoding import decode
         try:
             document = decode(raw, content_encoding) if content_encoding else raw
         except ValueError:
             return
-        new = {url: digest for url, digest in tarball_digests(host, document).items()
-               if self._npm.get(url) != digest}
+        if host in self.config.npm_hosts:
+            found = tarball_digests(host, document)
+        else:
+            text = decompress_index(document)
+            match = _DEB_DISTS.match(path)
+            found = deb_digests(host, match.group(1), text) if text and match else {}
+        new = {url: key for url, key in found.items() if self._learned.get(url) != key}
         if not new:
             return
-        path = self.config.dir / INDEX_FILE
-        if len(self._npm) + len(new) > self.config.max_index_entries:
-            self._npm = {}  # start over: the documents that pass will fill it again
-            path.unlink(missing_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.writelines(json.dumps({"url": url, "sha512": digest}) + "\n"
-                              for url, digest in new.items())
-        self._npm.update(new)
+        index = self.config.dir / INDEX_FILE
+        if len(self._learned) + len(new) > self.config.max_index_entries:
+            self._learned = {}  # start over: the indexes that pass will fill it again
+            index.unlink(missing_ok=True)
+        with open(index, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"url": url, "key": key}) + "\n"
+                              for url, key in new.items())
+        self._learned.update(new)
 
     def lookup(self, key: str) -> bytes | None:
         """The artifact, if cached and still what its digest says; a damaged entry is
@@ -216,8 +285,8 @@ class PackageCache:
             kind, key, body = item
             try:
                 if kind == "learn":
-                    host, _, encoding = key.partition("|")
-                    self._index(host, body, encoding)
+                    host, path, encoding = key.split("|", 2)
+                    self._index(host, path, body, encoding)
                 else:
                     self._write(key, body)
             except OSError:
@@ -278,7 +347,7 @@ def parse_cache(p, raw) -> CacheConfig | None:
     if not isinstance(raw, dict):
         p.add("package_cache", "must be a mapping", "write {dir: ..., max_bytes: ...}")
         return None
-    known = {"dir", "max_bytes", "max_object_bytes", "hosts", "npm_hosts"}
+    known = {"dir", "max_bytes", "max_object_bytes", "hosts", "npm_hosts", "deb_hosts"}
     for name in sorted(set(raw) - known, key=str):
         p.add(f"package_cache.{name}", "is not a known field",
               f"use one of: {', '.join(sorted(known))}")
@@ -297,7 +366,8 @@ def parse_cache(p, raw) -> CacheConfig | None:
             value = getattr(defaults, key)
         sizes[key] = value
     lists = {}
-    for key, example in (("hosts", "files.pythonhosted.org"), ("npm_hosts", "registry.npmjs.org")):
+    for key, example in (("hosts", "files.pythonhosted.org"), ("npm_hosts", "registry.npmjs.org"),
+                         ("deb_hosts", "deb.debian.org")):
         hosts = raw.get(key, list(getattr(defaults, key)))
         if not (isinstance(hosts, list) and all(isinstance(h, str) and h for h in hosts)):
             p.add(f"package_cache.{key}", "must be a list of host names",

@@ -90,3 +90,32 @@ def test_workers_fetch_the_same_npm_tarballs_once_from_upstream(ssh, converged):
            f"cold {seconds[NODE_WORKERS[0]]:.1f} s, warm "
            f"{min(list(seconds.values())[1:]):.1f}-{max(list(seconds.values())[1:]):.1f} s; "
            f"{upstream} bytes from upstream, {served} from the cache")
+
+
+def test_workers_fetch_the_same_debian_package_once_from_the_mirror(ssh, converged):
+    """worker1 fetches its apt indexes afresh (the proxy reads the Packages index as it
+    passes, by its hash); then every worker downloads the same .deb: the first from the
+    mirror, the others from the cache, under the SHA256 the index gave it."""
+    since = time.time()
+    ssh("worker1", "rm -rf /var/lib/apt/lists/* && apt-get update -qq")
+    seconds = {}
+    for host in ("worker1", "worker2", "worker3", "worker4"):
+        started = time.monotonic()
+        ssh(host, "rm -rf /tmp/deb-cache && mkdir /tmp/deb-cache && cd /tmp/deb-cache && "
+            "apt-get download -qq hello")
+        seconds[host] = time.monotonic() - started
+    after = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(since)))
+
+    def deb_fetch(r: dict) -> bool:
+        return r.get("host") == "deb.debian.org" and "/hello_" in r.get("url", "") and \
+            r["url"].endswith(".deb") and r["status"] == 200 and r["@timestamp"] >= after
+    records = remote_spool_records(ssh, SPOOL, deb_fetch, want=4)
+    assert len(records) == 4, records
+    by_worker = {r["worker_id"]: r.get("cache") for r in records}
+    assert [by_worker[h] for h in ("worker2", "worker3", "worker4")] == ["hit"] * 3, by_worker
+    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
+    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
+    record("package cache: 4 workers x 1 .deb",
+           f"cold {seconds['worker1']:.1f} s, warm {min(list(seconds.values())[1:]):.1f}-"
+           f"{max(list(seconds.values())[1:]):.1f} s; {upstream} bytes from the mirror, "
+           f"{served} from the cache")

@@ -117,7 +117,11 @@ def test_the_least_recently_served_go_first_above_the_bound(tmp_path):
     keys = [blake2b_256(b) for b in bodies]
     for key, body in zip(keys[:2], bodies[:2], strict=True):
         cache.store(key, body)
-    time.sleep(0.3)
+        deadline = time.monotonic() + 10  # stored by the cache's thread
+        while cache.lookup(key) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.05)  # the two apart in time: least recently served is well defined
     assert cache.lookup(keys[0]) == bodies[0]  # served: now the most recent
     cache.store(keys[2], bodies[2])
     cache.close()
@@ -158,7 +162,7 @@ def test_npm_tarballs_are_cached_under_the_sha512_their_package_document_gives(t
         "spool_dir": str(tmp_path / "spool"), "workers": {"127.0.0.1": "w1"},
         "min_free_bytes": 0, "package_cache": {"dir": str(tmp_path / "cache"), "hosts": [],
                                                "npm_hosts": ["127.0.0.1"]}}))
-    index = tmp_path / "cache" / "npm-integrity.jsonl"
+    index = tmp_path / "cache" / "learned-digests.jsonl"
     with mitmdump(tmp_path, config) as (proxy, _):
         # Before any document: nothing is known, so nothing is cached.
         assert get(proxy, base + paths["good"])[2] == good
@@ -207,3 +211,72 @@ def test_integrity_strings_and_package_documents_are_read_strictly():
     doc = {"versions": {"1": {"dist": {"tarball": "https://r/p/-/p-1.tgz?x=1",
                                        "integrity": integrity(body)}}}}
     assert tarball_digests("r", json.dumps(doc).encode()) == {}  # a query: not a tarball URL
+
+
+def test_debian_indexes_by_hash_and_pool_packages_under_their_packages_sha256(tmp_path):
+    """apt's by-hash index files are content-addressed; a .deb is cached only under the
+    SHA256 the Packages index (read as it passed, xz-compressed) gave it; a .deb whose
+    body is not that, and the signed InRelease, are fetched every time."""
+    import lzma
+
+    upstream = Upstream()
+    base = f"http://127.0.0.1:{upstream.port}"
+    deb, promised = b"!<arch>\ndebian-binary " * 400, b"what the index promised"
+    stanzas = [("hello", "pool/main/h/hello/hello_2.10-3_amd64.deb", deb),
+               ("evil", "pool/main/e/evil/evil_1_amd64.deb", promised)]
+    packages = "".join(f"Package: {name}\nVersion: 1\nFilename: {path}\nSize: {len(body)}\n"
+                       f"SHA256: {hashlib.sha256(body).hexdigest()}\n\n"
+                       for name, path, body in stanzas).encode()
+    index = lzma.compress(packages)
+    by_hash = ("/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/"
+               + hashlib.sha256(index).hexdigest())
+    hello, evil = "/debian/" + stanzas[0][1], "/debian/" + stanzas[1][1]
+    release = "/debian/dists/bookworm/InRelease"
+    upstream.files.update({by_hash: index, hello: deb, evil: b"something else",
+                           release: b"-----BEGIN PGP SIGNED MESSAGE-----\n"})
+    config = tmp_path / "traffic.yaml"
+    config.write_text(yaml.safe_dump({
+        "spool_dir": str(tmp_path / "spool"), "workers": {"127.0.0.1": "w1"},
+        "min_free_bytes": 0, "package_cache": {"dir": str(tmp_path / "cache"), "hosts": [],
+                                               "npm_hosts": [], "deb_hosts": ["127.0.0.1"]}}))
+    learned = tmp_path / "cache" / "learned-digests.jsonl"
+    with mitmdump(tmp_path, config) as (proxy, _):
+        assert get(proxy, base + release)[0] == 200
+        assert get(proxy, base + by_hash)[2] == index
+        deadline = time.monotonic() + 10
+        while not (learned.exists() and learned.read_text().count("\n") == 2):
+            assert time.monotonic() < deadline, "the Packages index was not read"
+            time.sleep(0.05)
+        assert get(proxy, base + hello)[2] == deb
+        deadline = time.monotonic() + 10
+        while len(list((tmp_path / "cache").glob("*/sha256-*"))) < 2:
+            assert time.monotonic() < deadline, "the .deb was not stored"
+            time.sleep(0.05)
+        again = get(proxy, base + hello)
+        index_again = get(proxy, base + by_hash)
+        for _ in range(2):
+            assert get(proxy, base + evil)[2] == b"something else"
+        assert get(proxy, base + release)[0] == 200
+        time.sleep(0.5)
+    assert again[2] == deb and again[1].get("X-Autocode-Cache") == "hit"
+    assert index_again[2] == index and index_again[1].get("X-Autocode-Cache") == "hit"
+    assert upstream.asked.count(hello) == 1 and upstream.asked.count(by_hash) == 1
+    assert upstream.asked.count(evil) == 2 and upstream.asked.count(release) == 2
+    marks = [(r["url"].removeprefix(base), r.get("cache")) for r in records(tmp_path / "spool")]
+    assert len(marks) == 8 and marks.count((hello, "hit")) == 1
+
+
+def test_packages_indexes_are_read_strictly():
+    from autocode.traffic.cache import deb_digests, decompress_index
+
+    good = "a" * 64
+    text = (f"Package: a\nFilename: pool/main/a/a_1_all.deb\nSHA256: {good}\n\n"
+            "Package: b\nFilename: pool/../../etc/passwd.deb\nSHA256: " + good + "\n\n"
+            "Package: c\nFilename: pool/main/c/c_1_all.deb\nSHA256: short\n\n"
+            f"Package: d\nSHA256: {good}\nFilename: pool/main/d/d_1_all.deb").encode()
+    assert deb_digests("h", "/debian/", text) == {
+        "h/debian/pool/main/a/a_1_all.deb": "sha256-" + good,
+        "h/debian/pool/main/d/d_1_all.deb": "sha256-" + good}  # the last, without its blank
+    assert deb_digests("h", "/", b"Origin: Debian\nSuite: bookworm\n") == {}  # a Release
+    assert decompress_index(b"\xfd7zXZ\x00 broken") is None
+    assert decompress_index(gzip.compress(text)) == text
