@@ -19,7 +19,15 @@ from pyinfra.api import deploy, operation
 from autocode.config import ConfigError, parse_worker_config
 from infra.component import Component
 from infra.facts import PathStates, UnitStates, fact_once, q
-from infra.operations import STAGING, UNIT_DIR, UNIT_MARKERS, _upload, digest, systemd_unit
+from infra.operations import (
+    STAGING,
+    UNIT_DIR,
+    UNIT_MARKERS,
+    _upload,
+    digest,
+    file_content,
+    systemd_unit,
+)
 from infra.render import render
 from infra.validation import Problems, check_calendar
 from tasks import agent_clis, platform_ca, runtime
@@ -36,6 +44,11 @@ FIELDS = {"worker_id": "name", "project_id": "project_id", "agent_type": "agent_
           "cleanup_after_days": "task_cleanup_days",
           **{limit: f"agent_limits.{limit}" for limit in LIMITS}}
 CLEANUP_UNITS = ("autocode-worker-cleanup.service", "autocode-worker-cleanup.timer")
+TMPFILES = "/etc/tmpfiles.d/autocode-worker.conf"
+
+
+def tmpfiles_rules(days: int, tmp: str = "/tmp", var_tmp: str = "/var/tmp") -> str:
+    return render("worker/autocode-tmpfiles.conf.j2", days=days, tmp=tmp, var_tmp=var_tmp)
 
 # Checked by the components that own them (runtime, base, agent_clis, vault), once.
 CHECKED_ELSEWHERE = {"project_id", "agent_type", "daily_budget_usd", "timezone", "data_root",
@@ -98,6 +111,10 @@ def check(problems: Problems, role: str, data) -> None:
             problems.add(field, f"{value!r} must be a string")
     check_calendar(problems, "task_cleanup_calendar", data.get("task_cleanup_calendar"),
                    "*-*-* 04:20:00")
+    days = data.get("tmp_cleanup_days")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        problems.add("tmp_cleanup_days", f"{days!r} is not a whole number of days >= 1; "
+                     "e.g. 7")
     key_file = data.get("model_api_key_file")
     if isinstance(key_file, str) and key_file and not key_file.startswith("/"):
         problems.add("model_api_key_file", f"{key_file!r} must be an absolute path on the worker")
@@ -132,6 +149,9 @@ COMPONENT = Component(
         # (`autocode-worker cleanup`, daily); results and task files stay.
         "task_cleanup_days": 14,
         "task_cleanup_calendar": "*-*-* 04:20:00",
+        # /tmp and /var/tmp (the agents' private /tmp among them): what nobody has
+        # touched for this many days goes, by systemd-tmpfiles' daily clean.
+        "tmp_cleanup_days": 7,
     }},
     check=check,
     runtime_extras={"worker": ()},
@@ -202,6 +222,8 @@ def worker() -> None:
                  batch=CLEANUP_UNITS,
                  text=render("worker/autocode-worker-cleanup.timer.j2",
                              calendar=data["task_cleanup_calendar"]))
+    file_content(name=f"Temporary areas' cleanup {TMPFILES}", path=TMPFILES,
+                 text=tmpfiles_rules(data["tmp_cleanup_days"]), mode="644")
     if data["worker_runner"] != "systemd":
         return
     from tasks.mitmproxy import AGENT_ENV

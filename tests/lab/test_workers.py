@@ -304,3 +304,27 @@ def test_the_daily_cleanup_removes_exactly_old_finished_work_trees(ssh, converge
     ssh(host, f"rm -f {base}/inbox/.claimed/old-claimed-{RUN}.json")
     journal = ssh(host, "journalctl -u autocode-worker-cleanup.service -o cat --no-pager").stdout
     assert "removed 2 folder(s)" in journal
+
+
+def test_the_temporary_areas_lose_exactly_their_old_files(ssh, converged):
+    """The deploy's tmpfiles rule on a real worker, applied by its own systemd-tmpfiles
+    (what the daily systemd-tmpfiles-clean.timer runs): old files in /tmp, /var/tmp and
+    a service's private /tmp go, fresh ones stay."""
+    host = "worker2"
+    days = WORKERS["tmp_cleanup_days"]
+    old = int(time.time()) - (days + 1) * 86400
+    # Named as systemd names a PrivateTmp= service's (%b: the boot id), so its rules apply.
+    top = f"/tmp/systemd-private-$(tr -d - < /proc/sys/kernel/random/boot_id)-lab{RUN}.service-x"
+    private = f"{top}/tmp"
+    paths = {f"/tmp/old-{RUN}": True, f"/tmp/fresh-{RUN}": False,
+             f"/var/tmp/old-{RUN}": True, f"{private}/old": True, f"{private}/fresh": False}
+    ssh(host, f"mkdir -p {private} && touch {' '.join(paths)} && touch -d @{old} "
+        + " ".join(p for p, is_old in paths.items() if is_old))
+    assert ssh(host, "systemctl is-enabled systemd-tmpfiles-clean.timer",
+               check=False).stdout.strip() in ("static", "enabled")
+    ssh(host, "systemd-tmpfiles --clean")
+    gone = {p: ssh(host, f"test -e {p}", check=False).returncode != 0 for p in paths}
+    assert gone == paths, gone
+    ssh(host, f"rm -rf /tmp/fresh-{RUN} {top}")
+    record("temporary areas cleaned", f"{sum(gone.values())} old removed, "
+           f"{len(gone) - sum(gone.values())} fresh kept")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from autocode.config import parse_worker_config
@@ -175,3 +176,36 @@ def test_version_fact_reads_metadata_and_requires_an_executable_program(tmp_path
     assert got["missing"] is None and got["no-deb"] is None and got["bash"]
     program.chmod(0o755)
     assert run_versions(spec)["qwen"] == "0.24.4"
+
+
+def test_the_temporary_areas_rule_removes_exactly_what_is_old(tmp_path):
+    """The worker's tmpfiles rule, rendered for two planted folders and applied by the
+    real systemd-tmpfiles: old files go (a service's private /tmp among them), fresh ones
+    and the folders holding them stay."""
+    import os
+    import shutil
+    import time
+
+    from tasks.worker import tmpfiles_rules
+
+    if not shutil.which("systemd-tmpfiles"):
+        pytest.skip("systemd-tmpfiles is not installed")
+    tmp, var_tmp = tmp_path / "tmp", tmp_path / "var-tmp"
+    private = tmp / "systemd-private-abc-autocode-worker.service-xyz" / "tmp"
+    old = time.time() - 8 * 86400
+    planted = {tmp / "old.txt": old, tmp / "fresh.txt": None, private / "agent-old": old,
+               private / "agent-fresh": None, var_tmp / "build" / "old.o": old,
+               var_tmp / "fresh.o": None}
+    for path, when in planted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        if when:
+            os.utime(path, (when, when))
+    rules = tmp_path / "autocode-worker.conf"
+    rules.write_text(tmpfiles_rules(7, str(tmp), str(var_tmp)))
+    done = subprocess.run(["systemd-tmpfiles", "--clean", str(rules)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    left = {p for p in planted if p.exists()}
+    assert left == {tmp / "fresh.txt", private / "agent-fresh", var_tmp / "fresh.o"}
+    assert private.is_dir()
