@@ -209,3 +209,9 @@ def test_the_temporary_areas_rule_removes_exactly_what_is_old(tmp_path):
     left = {p for p in planted if p.exists()}
     assert left == {tmp / "fresh.txt", private / "agent-fresh", var_tmp / "fresh.o"}
     assert private.is_dir()
+
+
+def test_bad_tmp_cleanup_days_are_refused_naming_the_field():
+    for bad in (0, -3, "7", 1.5, True):
+        assert "tmp_cleanup_days: " in problems_of(tmp_cleanup_days=bad), bad
+    assert "tmp_cleanup_days" not in problems_of(tmp_cleanup_days=30)
