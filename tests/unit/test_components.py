@@ -152,3 +152,14 @@ def test_component_declarations_name_only_known_roles():
     with pytest.raises(ValueError, match="unknown roles"):
         Component(name="bad", system_users={"workers": ("x",)})
 
+
+
+def test_a_bad_mitmproxy_pin_for_newer_pythons_is_refused_naming_the_field():
+    data = {**group_defaults("orchestrator"), "worker_network": "10.0.1.0/24",
+            "orchestrator_address": "10.0.1.1", "ssh_hostname": "10.0.0.10"}
+    for bad in (12, "latest", ""):
+        text = "\n".join(components.check_host("orchestrator", "orchestrator",
+                                               {**data, "mitmproxy_version_py312": bad}))
+        assert "mitmproxy_version_py312: " in text and "is not a version" in text, bad
+    assert not components.check_host("orchestrator", "orchestrator",
+                                     {**data, "mitmproxy_version_py312": None})

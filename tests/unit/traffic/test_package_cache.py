@@ -280,3 +280,13 @@ def test_packages_indexes_are_read_strictly():
     assert deb_digests("h", "/", b"Origin: Debian\nSuite: bookworm\n") == {}  # a Release
     assert decompress_index(b"\xfd7zXZ\x00 broken") is None
     assert decompress_index(gzip.compress(text)) == text
+
+
+def test_bad_cache_host_lists_are_refused_naming_the_field():
+    from autocode.traffic.config import TrafficConfigError, parse_config
+
+    for field in ("hosts", "npm_hosts", "deb_hosts"):
+        with pytest.raises(TrafficConfigError, match=f"'package_cache.{field}' must be a list"):
+            parse_config({"spool_dir": "/s", "package_cache": {"dir": "/c", field: "x"}})
+        with pytest.raises(TrafficConfigError, match=f"'package_cache.{field}' must be a list"):
+            parse_config({"spool_dir": "/s", "package_cache": {"dir": "/c", field: [""]}})
