@@ -149,8 +149,8 @@ COMPONENT = Component(
         # (`autocode-worker cleanup`, daily); results and task files stay.
         "task_cleanup_days": 14,
         "task_cleanup_calendar": "*-*-* 04:20:00",
-        # /tmp and /var/tmp (the agents' private /tmp among them): what nobody has
-        # touched for this many days goes, by systemd-tmpfiles' daily clean.
+        # /tmp and /var/tmp: what nobody has touched for this many days goes, by
+        # systemd-tmpfiles' daily clean (a running service's private /tmp is systemd's).
         "tmp_cleanup_days": 7,
     }},
     check=check,

@@ -180,8 +180,8 @@ def test_version_fact_reads_metadata_and_requires_an_executable_program(tmp_path
 
 def test_the_temporary_areas_rule_removes_exactly_what_is_old(tmp_path):
     """The worker's tmpfiles rule, rendered for two planted folders and applied by the
-    real systemd-tmpfiles: old files go (a service's private /tmp among them), fresh ones
-    and the folders holding them stay."""
+    real systemd-tmpfiles: old files go, in subfolders too; fresh ones and the folders
+    holding them stay."""
     import os
     import shutil
     import time
@@ -191,7 +191,7 @@ def test_the_temporary_areas_rule_removes_exactly_what_is_old(tmp_path):
     if not shutil.which("systemd-tmpfiles"):
         pytest.skip("systemd-tmpfiles is not installed")
     tmp, var_tmp = tmp_path / "tmp", tmp_path / "var-tmp"
-    private = tmp / "systemd-private-abc-autocode-worker.service-xyz" / "tmp"
+    private = tmp / "agent-scratch" / "build"
     old = time.time() - 8 * 86400
     planted = {tmp / "old.txt": old, tmp / "fresh.txt": None, private / "agent-old": old,
                private / "agent-fresh": None, var_tmp / "build" / "old.o": old,
