@@ -109,13 +109,13 @@ def decompress_index(raw: bytes) -> bytes | None:
     """An index file as fetched (xz, gzip, or plain), decompressed; None if too big or
     broken."""
     import gzip
+    import io
     import lzma
     try:
         if raw.startswith(b"\xfd7zXZ\x00"):
             text = lzma.LZMADecompressor().decompress(raw, MAX_INDEX_DOCUMENT)
         elif raw.startswith(b"\x1f\x8b"):
-            text = gzip.GzipFile(fileobj=__import__("io").BytesIO(raw)).read(
-                MAX_INDEX_DOCUMENT)
+            text = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(MAX_INDEX_DOCUMENT)
         else:
             text = raw
     except (lzma.LZMAError, OSError, EOFError):

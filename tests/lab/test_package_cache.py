@@ -25,6 +25,17 @@ LAB_DATA = {**WORKERS, "node_source": "npm-registry"}
 NODE_WORKERS = ("worker1", "worker3", "worker4")  # worker2 runs Aider: no Node there
 
 
+def record_figures(label: str, seconds: dict[str, float], records: list[dict],
+                   source: str = "upstream") -> None:
+    """Seconds of the first (cold) and the other (warm) workers, in the order they ran,
+    and the bytes that came from upstream beside those served from the cache."""
+    cold, *warm = seconds.values()
+    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
+    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
+    record(label, f"cold {cold:.1f} s, warm {min(warm):.1f}-{max(warm):.1f} s; {upstream} "
+           f"bytes from {source}, {served} from the cache")
+
+
 def pip_download(ssh, host: str, tag: str) -> float:
     started = time.monotonic()
     ssh(host, f"rm -rf /tmp/wheels-{tag} && runuser -u {WORKERS['service_user']} -- env "
@@ -49,12 +60,7 @@ def test_four_workers_download_the_same_wheels_once_from_upstream(ssh, converged
     by_worker = {h: [r.get("cache") for r in records if r["worker_id"] == h] for h in seconds}
     assert by_worker["worker1"].count("hit") <= len(WHEELS)
     assert sum(c == "hit" for cs in by_worker.values() for c in cs) >= 3 * len(WHEELS)
-    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
-    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
-    record("package cache: 4 workers x 4 wheels",
-           f"cold {seconds['worker1']:.1f} s, warm {min(list(seconds.values())[1:]):.1f}-"
-           f"{max(list(seconds.values())[1:]):.1f} s; {upstream} bytes from upstream, "
-           f"{served} from the cache")
+    record_figures("package cache: 4 workers x 4 wheels", seconds, records)
 
 
 def npm_pack(ssh, host: str, tag: str) -> float:
@@ -84,12 +90,7 @@ def test_workers_fetch_the_same_npm_tarballs_once_from_upstream(ssh, converged):
     assert "hit" not in first or hits >= len(TARBALLS)  # warm already from an earlier run
     assert hits >= (len(NODE_WORKERS) - 1) * len(TARBALLS), [
         (r["worker_id"], r["url"], r.get("cache")) for r in records]
-    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
-    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
-    record("package cache: 3 workers x 3 npm tarballs",
-           f"cold {seconds[NODE_WORKERS[0]]:.1f} s, warm "
-           f"{min(list(seconds.values())[1:]):.1f}-{max(list(seconds.values())[1:]):.1f} s; "
-           f"{upstream} bytes from upstream, {served} from the cache")
+    record_figures("package cache: 3 workers x 3 npm tarballs", seconds, records)
 
 
 def test_workers_fetch_the_same_debian_package_once_from_the_mirror(ssh, converged):
@@ -113,9 +114,4 @@ def test_workers_fetch_the_same_debian_package_once_from_the_mirror(ssh, converg
     assert len(records) == 4, records
     by_worker = {r["worker_id"]: r.get("cache") for r in records}
     assert [by_worker[h] for h in ("worker2", "worker3", "worker4")] == ["hit"] * 3, by_worker
-    upstream = sum(r["response_bytes"] or 0 for r in records if r.get("cache") != "hit")
-    served = sum(r["response_bytes"] or 0 for r in records if r.get("cache") == "hit")
-    record("package cache: 4 workers x 1 .deb",
-           f"cold {seconds['worker1']:.1f} s, warm {min(list(seconds.values())[1:]):.1f}-"
-           f"{max(list(seconds.values())[1:]):.1f} s; {upstream} bytes from the mirror, "
-           f"{served} from the cache")
+    record_figures("package cache: 4 workers x 1 .deb", seconds, records, "the mirror")
