@@ -33,6 +33,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from autocode.budget import BudgetLedger
 
 LEDGER = Path("financial/metered/ledger.sqlite3")
+# The orchestrator's own models' charges (autocode/serving/accounting.py).
+SERVED_LEDGER = Path("financial/served/ledger.sqlite3")
 REPORTS = Path("financial/reports")
 WORKER_LOGS = Path("logs/workers")
 MICRO = Decimal("0.000001")
@@ -78,8 +80,11 @@ def reported_charges(logs_dir: Path, day: date, tz: ZoneInfo) -> dict[str, Decim
 
 
 def build_report(ledger: BudgetLedger, logs_dir: Path, day: date,
-                 threshold: Decimal) -> dict[str, Any]:
-    rows = [r for r in ledger.charges(day) if r["source"] == "metered"]
+                 threshold: Decimal, served: BudgetLedger | None = None) -> dict[str, Any]:
+    """`served`: the ledger of the orchestrator's own models, counted as metered too (a
+    worker's spend is what left it for any model, remote or local)."""
+    rows = [r for source in (ledger, served) if source is not None
+            for r in source.charges(day) if r["source"] == "metered"]
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         detail = row.get("detail") or {}
@@ -210,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--data-root", type=Path, default=Path("/mnt/data/autocode"))
     report.add_argument("--ledger", type=Path, default=None,
                         help=f"the metered ledger (default <data-root>/{LEDGER})")
+    report.add_argument("--served-ledger", type=Path, default=None,
+                        help=f"the orchestrator's own models' ledger (default "
+                             f"<data-root>/{SERVED_LEDGER}; read when it exists)")
     report.add_argument("--timezone", default="UTC", help="the zone budget days start in")
     report.add_argument("--diff-threshold", default="0.10",
                         help="flag a worker whose reported cost differs from the metered by "
@@ -239,11 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autocode-budget: no metered ledger at {ledger_path}; the proxy creates it "
               "with its first metered call", file=sys.stderr)
         return 2
+    served_path = args.served_ledger or args.data_root / SERVED_LEDGER
     ledger = BudgetLedger(ledger_path, args.timezone)
+    served = BudgetLedger(served_path, args.timezone) if served_path.is_file() else None
     try:
-        built = build_report(ledger, args.data_root / WORKER_LOGS, day, threshold)
+        built = build_report(ledger, args.data_root / WORKER_LOGS, day, threshold, served)
     finally:
         ledger.close()
+        if served is not None:
+            served.close()
     paths = write_report(built, args.data_root / REPORTS)
     print(json.dumps({**built, "files": [str(p) for p in paths]}, indent=2))
     return 0

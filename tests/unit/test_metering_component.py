@@ -120,8 +120,40 @@ def test_report_puts_metered_and_reported_side_by_side_and_flags_a_gap(tmp_path)
     assert bad.returncode == 2 and "--day 'May 1'" in bad.stderr
 
 
+def test_report_counts_the_orchestrators_own_models_from_the_served_ledger(tmp_path):
+    """A worker's calls to the local model API, charged by the serving app's accounting at
+    the internal price, appear in the report beside its metered remote calls."""
+    from autocode.serving.accounting import LEDGER as SERVED
+    from autocode.serving.accounting import Accounting
+
+    root = tmp_path / "data"
+    ledger = BudgetLedger(root / "financial/metered/ledger.sqlite3")
+    ledger.charge(idempotency_key="metered:f1", worker_id="worker1", agent="aider",
+                  task_id="-", amount_usd="0.1", source="metered",
+                  detail={"model": "gpt-4o", "input_tokens": 10, "output_tokens": 1})
+    ledger.close()
+    accounting = Accounting(root / SERVED, {"10.0.0.11": "worker1"}, {"worker1": "aider"},
+                            {"default": {"input": "10", "output": "20"}})
+    for _ in range(2):
+        tap = accounting.tap("qwen-2.5-coder-32b", streaming=False)
+        tap(json.dumps({"usage": {"prompt_tokens": 1000, "completion_tokens": 100}}).encode())
+        accounting.charge("10.0.0.11", "qwen-2.5-coder-32b", tap, 100)
+    accounting.close()
+    out = subprocess.run([str(BUDGET), "report", "--data-root", str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    # 0.1 remote + 2 x (1000 x 10 + 100 x 20) / 1e6 local
+    assert [(w["worker"], w["metered_usd"]) for w in report["workers"]] == [
+        ("worker1", "0.124")]
+    (local,) = [g for g in report["by_model"] if g["model"] == "qwen-2.5-coder-32b"]
+    assert (local["requests"], local["input_tokens"], local["output_tokens"],
+            local["metered_usd"]) == (2, 2000, 200, "0.024")
+
+
 def test_report_units_render():
     from infra.render import render
     unit = render("metering/autocode-budget-report.service.j2", command="/x report",
                   data_root="/mnt/data/autocode")
     assert "ExecStart=/x report" in unit and "PrivateNetwork=yes" in unit
+    assert "ReadWritePaths=-/mnt/data/autocode/financial/served" in unit
