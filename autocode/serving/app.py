@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,12 @@ def one_at_a_time(config: dict[str, Any]) -> bool:
     return not make_plan(gpus, models).on_demand_together
 
 
+# How often replicas and handles push their request counts to the Serve controller (10 s
+# by default); set for the whole Ray cluster (the Ray head's unit has them too).
+METRIC_PUSH = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+               "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
+
+
 def llm_config_args(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Each model's LLMConfig arguments, as plain data (tested without Ray)."""
     exclusive = one_at_a_time(config)
@@ -136,9 +143,12 @@ def llm_config_args(config: dict[str, Any]) -> list[dict[str, Any]]:
             # No replica (no engine, no memory) until a request comes; the replica goes
             # after idle_s without any, or at once when another on-demand model that does
             # not fit beside it is wanted (ondemand.py; the policy keeps the idle time).
+            # The request counts the policy sees are averaged over look_back_period_s
+            # (30 s by default, from metrics pushed every 10 s): short, so a model that
+            # went idle is seen idle in seconds (METRIC_PUSH below).
             scaling = {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0,
                        "upscale_delay_s": 0, "downscale_delay_s": 1.0,
-                       "downscale_to_zero_delay_s": 1.0,
+                       "downscale_to_zero_delay_s": 1.0, "look_back_period_s": 3.0,
                        "policy": {"policy_function": ON_DEMAND_POLICY, "policy_kwargs": {
                            "state_dir": state_dir, "model": model["name"],
                            "idle_s": idle_s, "exclusive": exclusive}}}
@@ -191,6 +201,8 @@ def run(config: dict[str, Any], blocking: bool = True) -> None:
     from ray import serve
     from ray.serve.llm import build_openai_app
 
+    for name, value in METRIC_PUSH.items():
+        os.environ.setdefault(name, value)  # before Ray starts: its processes inherit them
     if config.get("ray_address"):
         ray.init(address=config["ray_address"])
     else:

@@ -74,6 +74,14 @@ def test_the_plan_follows_the_gpus_the_inventory_names():
     ({"serving_load_wait_s": 0}, "serving_load_wait_s", "positive number"),
     ({"model_serving": "cpu", "serving_models": serving.DEFAULT_MODELS},
      "serving_models[0].tensor_parallel_size", "with model_serving cpu use 1"),
+    ({"serving_wheelhouse": "wheels"}, "serving_wheelhouse", "must be an absolute path"),
+    ({"serving_max_queued": 0}, "serving_max_queued", "a whole number > 0"),
+    ({"serving_max_queued": "64"}, "serving_max_queued", "a whole number > 0"),
+    ({"serving_internal_prices": {"default": {"input": "-1"}}},
+     "serving_internal_prices", "internal_prices.default.input: '-1' is not an amount"),
+    ({"serving_internal_prices": {"models": {"m": {"in": 1}}}},
+     "serving_internal_prices", "give input and output USD per million tokens"),
+    ({"serving_monitor_interval_s": 0}, "serving_monitor_interval_s", "positive number"),
 ])
 def test_bad_settings_name_the_field(changes, field, words):
     problems = orchestrator_problems(**changes)

