@@ -43,6 +43,20 @@ class Pyinfra:
         return json.loads(out), elapsed
 
 
+def site_inventory(lab_inventory: Path, folder: Path, **data) -> Path:
+    """The lab's inventory file with `data` set (as a site would set it), written into
+    `folder`; the Vault keys file still the lab's."""
+    import yaml
+
+    doc = yaml.safe_load(lab_inventory.read_text())
+    doc["data"]["vault_keys_file"] = str(lab_inventory.with_name(
+        f"{lab_inventory.stem}.vault-keys.json"))
+    doc["data"].update(data)
+    inventory = folder / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return inventory
+
+
 def changed_hosts(result: dict) -> dict[str, set[str]]:
     """Operation name -> hosts it changed (or, in a dry run, would change).
 

@@ -601,14 +601,19 @@ def _url(value: str) -> str:
     return value
 
 
-def _share(value: str) -> float:
+def _number_up_to(value: str, high: float, expected: str) -> float:
+    """A float in (0, high], or argparse's error saying what was expected."""
     try:
-        share = float(value)
+        number = float(value)
     except ValueError:
-        share = math.nan
-    if not 0 < share <= 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected a share in (0, 1], e.g. 0.9")
-    return share
+        number = math.nan
+    if not 0 < number <= high:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected {expected}")
+    return number
+
+
+def _share(value: str) -> float:
+    return _number_up_to(value, 1, "a share in (0, 1], e.g. 0.9")
 
 
 def _count(value: str) -> int:
@@ -618,13 +623,7 @@ def _count(value: str) -> int:
 
 
 def _interval(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= 86400:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected seconds in (0, 86400]")
-    return seconds
+    return _number_up_to(value, 86400, "seconds in (0, 86400]")
 
 
 def build_parser() -> argparse.ArgumentParser:

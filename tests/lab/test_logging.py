@@ -20,11 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from infra.elasticsearch import ElasticsearchAPI
 from infra.inventory_file import group_defaults
 from tasks import elasticsearch, log_forwarding
+from testing import deploy
 from testing.deploy import Pyinfra, changed_hosts
 from testing.figures import record
 
@@ -67,14 +67,7 @@ def received(ssh, orchestrator: str, folder: str, marker: str) -> list[str]:
 
 
 def site_inventory(lab, folder: Path, **data) -> Path:
-    """The lab's inventory with `data` set, the keys file still the lab's."""
-    doc = yaml.safe_load(lab.inventory_file.read_text())
-    doc["data"]["vault_keys_file"] = str(lab.inventory_file.with_name(
-        f"{lab.inventory_file.stem}.vault-keys.json"))
-    doc["data"].update(data)
-    inventory = folder / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return inventory
+    return deploy.site_inventory(lab.inventory_file, folder, **data)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1):

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from infra.inventory_file import group_defaults
 from tasks import serving
+from testing import deploy
 from testing.deploy import DeployFailed, Pyinfra, changed_hosts
 from testing.figures import record
 
@@ -40,14 +40,7 @@ TINY = {"name": "tiny", "model": "tiny-qwen2", "tensor_parallel_size": 1,
 
 
 def site_inventory(lab, folder: Path, **data) -> Path:
-    """The lab's inventory with `data` set, the keys file still the lab's."""
-    doc = yaml.safe_load(lab.inventory_file.read_text())
-    doc["data"]["vault_keys_file"] = str(lab.inventory_file.with_name(
-        f"{lab.inventory_file.stem}.vault-keys.json"))
-    doc["data"].update(data)
-    inventory = folder / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return inventory
+    return deploy.site_inventory(lab.inventory_file, folder, **data)
 
 
 def test_gpu_serving_on_a_host_without_the_driver_is_refused_naming_the_fix(
@@ -142,12 +135,12 @@ def test_cpu_serving_deployed_and_a_worker_calls_it(lab, ssh, converged, tmp_pat
                                serving_wheelhouse="/srv/wheelhouse", serving_models=[TINY],
                                serving_fallbacks={}, serving_internal_prices={
                                    "default": {"input": "2", "output": "6"}})
-    deploy = Pyinfra(inventory)
+    site = Pyinfra(inventory)
     try:
-        result, seconds = deploy.run()
+        result, seconds = site.run()
         record("serving: cpu deploy (venv from wheelhouse, start)", f"{seconds:.1f} s")
         assert result["results"]["totals"]["error"] == 0
-        again, seconds = deploy.run()
+        again, seconds = site.run()
         changed = {name: hosts for name, hosts in changed_hosts(again).items()
                    if orch in hosts}
         record("serving: re-apply", f"{seconds:.1f} s, {len(changed)} changes")
