@@ -1,6 +1,9 @@
 """Worker logs to the orchestrator: rsyslog on each worker reads the runtime's JSON log
 files (`<data_root>/logs/workers/*.log`, autocode/logging.py) and forwards every line over
-RELP (acknowledged delivery: a line the receiver did not confirm is sent again) from a
+RELP (acknowledged delivery: a line the receiver did not confirm is sent again; the
+default) or, with `log_forwarding_protocol: tcp`, over syslog TCP with each line
+zlib-compressed (no acknowledgements: what the orchestrator took but never wrote, if it
+hangs or dies, is lost; RELP cannot compress, README "Logs") from a
 disk-assisted queue that waits out the receiver's absence (saved at rsyslog's shutdown;
 lines in flight at that moment can be lost, as rsyslog documents: README, "Logs"), with
 mutual TLS from the platform CA when the role has it (each worker's certificate made on
@@ -46,12 +49,29 @@ TLS_KEY = f"{CONFDIR}/relp.key"
 RECEIVE_CONF = "/etc/rsyslog.d/10-autocode-receive.conf"
 FORWARD_CONF = "/etc/rsyslog.d/10-autocode-forward.conf"
 LOGROTATE = "/etc/logrotate.d/autocode-worker-logs"
-PACKAGES = ["rsyslog", "rsyslog-relp", "logrotate"]
 QUEUE_NAME = "autocode-forward"
+PROTOCOLS = {
+    "relp": "acknowledged, uncompressed (RELP's only compression is TLS's, which Debian's "
+            "TLS libraries do not do)",
+    "tcp": "syslog over TCP, each line zlib-compressed, not acknowledged",
+}
+# zlib level for `tcp`: level 6 gives nearly all of 9's saving on short lines, for less CPU.
+ZIP_LEVEL = 6
+
+
+def packages(data, tls: bool) -> list[str]:
+    """rsyslog's RELP module, or for TLS over plain syslog TCP its GnuTLS stream driver."""
+    extra = (["rsyslog-relp"] if data["log_forwarding_protocol"] == "relp"
+             else ["rsyslog-gnutls"] if tls else [])
+    return ["rsyslog", *extra, "logrotate"]
 
 
 def check(problems: Problems, role: str, data) -> None:
     check_bool(problems, "log_forwarding_tls", data.get("log_forwarding_tls"))
+    protocol = data.get("log_forwarding_protocol")
+    if protocol not in PROTOCOLS:
+        problems.add("log_forwarding_protocol", f"{protocol!r}: choose one of "
+                     + "; ".join(f"{name} ({why})" for name, why in PROTOCOLS.items()))
     size = data.get("log_forwarding_queue_max_mb")
     if not (is_number(size) and int(size) == size and 16 <= size <= 1024 * 1024):
         problems.add("log_forwarding_queue_max_mb", f"{size!r}: give the most disk in MB a "
@@ -62,8 +82,10 @@ def check(problems: Problems, role: str, data) -> None:
 COMPONENT = Component(
     name="log_forwarding",
     settings={
-        # RELP (rsyslog's acknowledged protocol) on the orchestrator's worker address.
+        # On the orchestrator's worker address, for either protocol.
         "log_forwarding_port": 2514,
+        # relp: acknowledged, uncompressed; tcp: compressed, unacknowledged (PROTOCOLS).
+        "log_forwarding_protocol": "relp",
         # TLS with the platform CA when the role has it (tasks/platform_ca.py).
         "log_forwarding_tls": True,
         # Disk a worker's queue may fill while the orchestrator does not answer.
@@ -97,6 +119,7 @@ def receive_config(data, tls: bool, peers: list[str]) -> str:
     TLS: librelp's GnuTLS offers no certificate cipher suites to anonymous clients)."""
     return render("log_forwarding/receive.conf.j2", logs_dir=logs_dir(data),
                   port=data["log_forwarding_port"], table=WORKER_TABLE,
+                  protocol=data["log_forwarding_protocol"],
                   tls=tls, ca=platform_ca.CA_CERT, cert=TLS_CERT, key=TLS_KEY,
                   peers=sorted(peers), group=data["service_user"])
 
@@ -104,6 +127,7 @@ def receive_config(data, tls: bool, peers: list[str]) -> str:
 def forward_config(data, target: str, peer: str, tls: bool) -> str:
     return render("log_forwarding/forward.conf.j2", logs_dir=logs_dir(data), target=target,
                   port=data["log_forwarding_port"], peer=peer, tls=tls,
+                  protocol=data["log_forwarding_protocol"], zip_level=ZIP_LEVEL,
                   ca=platform_ca.TRUSTED_CA, cert=TLS_CERT, key=TLS_KEY, queue=QUEUE_NAME,
                   queue_mb=int(data["log_forwarding_queue_max_mb"]))
 
@@ -122,7 +146,7 @@ def orchestrator() -> None:
     data = host.data
     d = data.dict()
     tls = uses_tls(d, "orchestrator")
-    apt.packages(name="rsyslog with RELP", packages=PACKAGES,
+    apt.packages(name="rsyslog and its forwarding modules", packages=packages(d, tls),
                  cache_time=data.apt_cache_seconds)
     batch = (CONFDIR, WORKER_TABLE, TLS_CERT, TLS_KEY, RECEIVE_CONF, LOGROTATE)
     directory(name=f"Folder {CONFDIR}", path=CONFDIR, user="root", group="root", mode="750",
@@ -156,7 +180,7 @@ def worker() -> None:
     d = data.dict()
     orch = _orchestrator()
     tls = uses_tls(d, "worker")
-    apt.packages(name="rsyslog with RELP", packages=PACKAGES,
+    apt.packages(name="rsyslog and its forwarding modules", packages=packages(d, tls),
                  cache_time=data.apt_cache_seconds)
     batch = (CONFDIR, TLS_CERT, TLS_KEY, FORWARD_CONF)
     restart_when = []

@@ -305,6 +305,30 @@ def test_forwarder_reads_the_worker_logs_and_queues_on_disk_over_relp_tls():
     assert "tls" not in plain.replace("tls.", "").split("omrelp")[1].split("queue")[0]
 
 
+def test_tcp_forwarding_compresses_each_line_in_octet_counted_frames_over_tls():
+    data = dict(WORKER, log_forwarding_protocol="tcp")
+    text = log_forwarding.forward_config(data, "10.0.1.1", "orchestrator", tls=True)
+    assert "omrelp" not in text and 'type="omfwd"' in text
+    for setting in ('protocol="tcp"', 'TCP_Framing="octet-counted"',
+                    'compression.mode="single"', f'zipLevel="{log_forwarding.ZIP_LEVEL}"',
+                    'StreamDriver="gtls"', 'StreamDriverAuthMode="x509/name"',
+                    'StreamDriverPermittedPeers="orchestrator"',
+                    f'StreamDriver.CertFile="{log_forwarding.TLS_CERT}"',
+                    'queue.saveOnShutdown="on"', 'action.resumeRetryCount="-1"'):
+        assert setting in text, setting
+    plain = log_forwarding.forward_config(data, "10.0.1.1", "orchestrator", tls=False)
+    assert "StreamDriver" not in plain and 'compression.mode="single"' in plain
+    receiver = log_forwarding.receive_config(dict(ORCH, log_forwarding_protocol="tcp"),
+                                             tls=True, peers=["worker2", "worker1"])
+    assert "imrelp" not in receiver and 'input(type="imtcp" port="2514"' in receiver
+    assert 'streamDriver.authMode="x509/name"' in receiver
+    assert 'permittedPeer=["worker1", "worker2"]' in receiver
+    assert 'lookup("autocode_workers", $fromhost-ip)' in receiver
+    assert log_forwarding.packages(data, tls=True) == ["rsyslog", "rsyslog-gnutls", "logrotate"]
+    assert log_forwarding.packages(data, tls=False) == ["rsyslog", "logrotate"]
+    assert log_forwarding.packages(WORKER, tls=True) == ["rsyslog", "rsyslog-relp", "logrotate"]
+
+
 def test_receiver_files_lines_by_the_senders_address_from_the_inventory():
     text = log_forwarding.receive_config(ORCH, tls=True, peers=["worker2", "worker1"])
     assert 'tls.authMode="name" tls.permittedPeer=["worker1", "worker2"]' in text
@@ -373,6 +397,8 @@ def problems_for(**overrides) -> list[str]:
     ({"elastic_apt_key_fingerprint": "46095ACC"}, "elastic_apt_key_fingerprint"),
     ({"filebeat_enabled": "yes"}, "filebeat_enabled"),
     ({"log_forwarding_queue_max_mb": 1}, "log_forwarding_queue_max_mb"),
+    ({"log_forwarding_protocol": "udp"}, "log_forwarding_protocol"),
+    ({"log_forwarding_protocol": None}, "log_forwarding_protocol"),
 ])
 def test_bad_settings_are_refused_naming_the_field(overrides, field):
     found = problems_for(**overrides)
