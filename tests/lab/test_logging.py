@@ -30,12 +30,11 @@ from tasks import elasticsearch, log_forwarding, platform_ca
 from testing import deploy
 from testing.deploy import Pyinfra, changed_hosts
 from testing.figures import record
+from testing.worker_logs import LOGS, log_as_worker, received, wait_for
 
 pytestmark = pytest.mark.lab
 WORKERS = group_defaults("workers")
 DATA_ROOT = WORKERS["data_root"]
-LOGS = f"{DATA_ROOT}/logs"
-VENV = f"{WORKERS['install_dir']}/venv"
 AGENT = WORKERS["service_user"]
 RUN = uuid.uuid4().hex[:8]
 REPO = Path(__file__).resolve().parents[2]
@@ -46,40 +45,8 @@ ES_PORT = 9200
 MANAGED = ("/_ilm/", "/_index_template/", "/_data_stream/", "/_snapshot/", "/_slm/")
 
 
-def log_as_worker(ssh, host: str, messages: list[str], worker_id: str | None = None) -> None:
-    """Lines logged by the worker runtime's own logging set-up (autocode/logging.py), as
-    the agent account, into the file the worker service writes."""
-    code = ("import sys\n"
-            "from loguru import logger\n"
-            "from autocode.logging import configure_logging\n"
-            f"configure_logging('worker', {LOGS!r}, worker_id={worker_id or host!r}, "
-            "folder='workers', console=False)\n"
-            "for line in sys.stdin.read().split():\n"
-            "    logger.info(line)\n")
-    ssh(host, f"cd / && runuser -u {AGENT} -- {VENV}/bin/python -c {shlex.quote(code)}",
-        input="\n".join(messages) + "\n")
-
-
-def received(ssh, orchestrator: str, folder: str, marker: str) -> list[str]:
-    """The messages containing `marker` the orchestrator filed under `folder`, each line
-    parsed as the JSON the worker wrote."""
-    proc = ssh(orchestrator, f"cat {LOGS}/workers/{shlex.quote(folder)}/worker.log 2>/dev/null "
-               f"| grep -F {shlex.quote(marker)} || true")
-    return [json.loads(line)["record"]["message"] for line in proc.stdout.splitlines()
-            if line.strip()]
-
-
 def site_inventory(lab, folder: Path, **data) -> Path:
     return deploy.site_inventory(lab.inventory_file, folder, **data)
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def test_forwarding_is_configured_tls_on_the_worker_port_only(lab, ssh, converged):

@@ -15,14 +15,16 @@ from tasks.mitmproxy import CA_CERT, spool_dir
 from testing.deploy import changed_hosts
 from testing.figures import record
 from testing.traffic import remote_spool_records
+from testing.worker_logs import log_as_worker, received, wait_for
 
 pytestmark = pytest.mark.lab
 BOOT_MARKER = "/run/autocode-lab-before-reboot"  # /run is a tmpfs: gone after a boot
 AGENT = group_defaults("workers")["service_user"]
 ORCHESTRATOR_UNITS = ("dnsmasq", "autocode-firewall", "autocode-mitmproxy",
-                      "autocode-traffic-shipper", "openbao", "autocode-vault-backup.timer")
+                      "autocode-traffic-shipper", "openbao", "autocode-vault-backup.timer",
+                      "rsyslog")
 UNSEAL_OP = "Secrets server | Vault initialised and unsealed"
-WORKER_UNITS = ("autocode-firewall", "autocode-gateway", "autocode-worker")
+WORKER_UNITS = ("autocode-firewall", "autocode-gateway", "autocode-worker", "rsyslog")
 
 
 def wait_until_booted(lab, host: str, started: float, timeout: float = 120) -> float:
@@ -68,6 +70,14 @@ def expected(lab, host: str, ca: str) -> dict:
             "output policy": "-P OUTPUT DROP", "isolation": True}
 
 
+def log_line_filed(lab, ssh, worker: str) -> bool:
+    """A line the worker runtime logs now is filed under the worker on the orchestrator."""
+    marker = f"after-boot-{uuid.uuid4().hex[:8]}"
+    log_as_worker(ssh, worker, [marker])
+    return bool(wait_for(lambda: received(ssh, lab.orchestrator.name, worker, marker),
+                         timeout=10, interval=0.3))
+
+
 def proxied_and_recorded(lab, ssh, worker: str) -> dict:
     url = f"https://{lab.internet.uplink_addr}/after-boot/{uuid.uuid4().hex}"
     ssh(worker, f"runuser -u {AGENT} -- curl -sS --fail -o /dev/null {url}")
@@ -90,6 +100,11 @@ def test_reboot_of_the_orchestrator_and_a_worker_restores_everything(lab, ssh, p
         ssh(host, f"touch {BOOT_MARKER}")
         started[host] = time.monotonic()
         lab.ssh(host, "systemctl reboot")  # the connection may drop as it goes down
+    # Logged by a worker that stays up while the orchestrator reboots: queued, then filed.
+    bystander = lab.workers[2].name
+    marker = f"during-reboot-{uuid.uuid4().hex[:8]}"
+    lines = [f"{marker}-{n:03d}" for n in range(100)]
+    log_as_worker(ssh, bystander, lines)
     for host in hosts:
         seconds = wait_until_booted(lab, host, started[host])
         record(f"reboot: {host} up again after", f"{seconds:.1f} s")
@@ -97,6 +112,13 @@ def test_reboot_of_the_orchestrator_and_a_worker_restores_everything(lab, ssh, p
         assert state_after_boot(ssh, lab, host) == expected(lab, host, ca_before), host
     got = proxied_and_recorded(lab, ssh, lab.workers[0].name)
     assert got["worker_id"] == lab.workers[0].name and got["status"] == 200
+    assert log_line_filed(lab, ssh, lab.workers[0].name)
+    wait_for(lambda: len(set(received(ssh, lab.orchestrator.name, bystander, marker))) >= 100,
+             timeout=60, interval=0.5)
+    filed = received(ssh, lab.orchestrator.name, bystander, marker)
+    record("reboot: lines logged by worker3 while the orchestrator rebooted, sent/filed/doubled",
+           f"{len(lines)}/{len(set(filed))}/{len(filed) - len(set(filed))}")
+    assert sorted(set(filed)) == lines
     # Vault comes back sealed (its keys live on the control machine only): a dry run says
     # so, an apply unseals it and changes nothing else, and then there is nothing to do.
     sealed = ssh(lab.orchestrator.name, "curl -s --cacert /etc/autocode/pki/platform-ca.crt "
@@ -126,5 +148,6 @@ def test_power_off_then_lab_up_restores_everything(lab, ssh, pyinfra, ca_before)
     assert state_after_boot(ssh, lab, worker) == expected(lab, worker, ca_before)
     got = proxied_and_recorded(lab, ssh, worker)
     assert got["worker_id"] == worker
+    assert log_line_filed(lab, ssh, worker)
     result, _ = pyinfra.run()
     assert changed_hosts(result) == {}
