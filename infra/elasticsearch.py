@@ -124,11 +124,17 @@ class ElasticsearchAPI:
             raise ElasticsearchError(_refusal("PUT", path, status, payload))
 
     def info(self) -> dict | None:
-        """GET /: the cluster's name and version, or None while it does not answer."""
+        """GET /: the cluster's name and version, or None while it does not answer.
+        Raises ElasticsearchError when it answers but refuses the credentials: waiting
+        would not help."""
         try:
             status, payload = self.request("GET", "/")
         except ElasticsearchError:
             return None
+        if status in (401, 403):
+            raise ElasticsearchError(
+                _refusal("GET", "/", status, payload) + "; give the cluster's API key in "
+                "elasticsearch_credentials_file or elasticsearch_credentials_vault_path")
         return payload if status == 200 else None
 
 

@@ -14,8 +14,13 @@ installed), and in both the platform's index management through the REST API: li
   orchestrator's firewall admits it from loopback and `elasticsearch_allowed_networks`
   only (empty by default), never from workers. The deploy itself reaches it through its
   SSH connection.
-- External: credentials from a 0600 file on the control machine holding an encoded API
-  key, copied to the orchestrator for the traffic shipper (and Filebeat) only.
+- External: the cluster's encoded API key from a 0600 file on the control machine, or from
+  the platform's own Vault (`elasticsearch_credentials_vault_path`: the KV secret whose
+  `api_key` field holds it, read with the deploy's token when the apply is planned, or
+  taken from `vault_seed_file` when the seed writes that secret in this apply). Copied to
+  the orchestrator for the traffic shipper (and Filebeat) only; when Vault cannot be read
+  (not yet initialised, sealed, the secret not there yet), the key already on the
+  orchestrator stays in use, and without one the index management waits, saying so.
 - `none`: nothing; the traffic shipper keeps every record in its spool until a cluster
   appears (the lab's default, where Elastic's builds cannot be had).
 """
@@ -25,18 +30,21 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pyinfra import host, inventory
+from pyinfra import logger as log
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server
 
 from infra.apt_repository import Repository, apt_repository, check_fingerprint
 from infra.component import Component
+from infra.control_api import per_stage
 from infra.elasticsearch import ElasticsearchAPI, Managed, api_key_from_file
 from infra.elasticsearch import elasticsearch_objects as es_objects
-from infra.facts import MemoryMB
+from infra.facts import FileText, MemoryMB
 from infra.operations import digest, directory, file_content, sysctls, systemd_unit
 from infra.render import render
 from infra.validation import Problems, check_ipv4_networks, check_private_file, is_port
@@ -55,6 +63,7 @@ DROP_IN = f"{DROP_IN_DIR}/autocode.conf"
 CLIENT_DIR = "/etc/autocode/elasticsearch"
 API_KEY_FILE = f"{CLIENT_DIR}/api-key"
 CA_FILE = f"{CLIENT_DIR}/ca.crt"
+VAULT_KEY_FIELD = "api_key"  # the field of elasticsearch_credentials_vault_path's secret
 # Elastic's package signing key (elastic.co, "Install Elasticsearch with Debian Package").
 KEY_FINGERPRINT = "46095ACC8548582C1A2699A9D27D666CD88E42B4"
 MAX_HEAP_MB = 31 * 1024  # above ~31 GB the JVM loses compressed object pointers
@@ -135,6 +144,7 @@ def check(problems: Problems, role: str, data) -> None:
         except (OSError, ValueError) as exc:
             problems.add("elasticsearch_credentials_file", f"{credentials} {exc}; write the "
                          "`encoded` value of Elasticsearch's create-API-key answer on one line")
+    _check_vault_credentials(problems, data)
     ca = data.get("elasticsearch_ca_file")
     if ca is not None and not (isinstance(ca, str) and Path(ca).expanduser().is_file()
                                and "BEGIN CERTIFICATE" in Path(ca).expanduser().read_text()):
@@ -147,6 +157,51 @@ def check(problems: Problems, role: str, data) -> None:
         problems.add("elasticsearch_snapshot_repository", f"{repo!r}: give Elasticsearch's "
                      "repository body, e.g. {type: s3, settings: {bucket: backups}}, or leave "
                      "it unset for an fs repository under <data_root>/backups/elasticsearch")
+
+
+def _check_vault_credentials(problems: Problems, data) -> None:
+    from infra.vault import KV_MOUNT
+    from tasks.vault import is_secret_path
+
+    field = "elasticsearch_credentials_vault_path"
+    path = data.get(field)
+    if path is None:
+        return
+    if not is_secret_path(path):
+        problems.add(field, f"{str(path)[:60]!r} is not a secret path of the platform's Vault; "
+                     "use letters, digits, _ - . between single /, e.g. elasticsearch/autocode")
+    elif data.get("elasticsearch_credentials_file") is not None:
+        problems.add(field, "and elasticsearch_credentials_file are both set; give the API key "
+                     "in one of them")
+    elif data.get("elasticsearch_mode") != "external":
+        problems.add(field, "is for elasticsearch_mode: external (the orchestrator's own node "
+                     "runs without security); unset it, or set the mode")
+    else:
+        seed = _seeded_secret(data)
+        if seed is not None:
+            try:
+                api_key_from_file(str(seed.get(VAULT_KEY_FIELD) or ""))
+            except ValueError as exc:
+                # Names only: a value of the seed never reaches a message.
+                problems.add(field, f"vault_seed_file's {path} {exc} in its {VAULT_KEY_FIELD} "
+                             "field; write the `encoded` value of Elasticsearch's "
+                             f"create-API-key answer there (it is put at {KV_MOUNT}/{path})")
+
+
+def _seeded_secret(data) -> dict | None:
+    """The fields vault_seed_file gives elasticsearch_credentials_vault_path's secret, when
+    it gives it any (this apply writes them to Vault); None otherwise, or when the seed
+    cannot be read (the vault component reports that)."""
+    seed_file = data.get("vault_seed_file")
+    if not seed_file:
+        return None
+    try:
+        doc = yaml.safe_load(Path(seed_file).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    fields = doc.get(data["elasticsearch_credentials_vault_path"]) if isinstance(doc, dict) \
+        else None
+    return fields if isinstance(fields, dict) else None
 
 
 def _private_ports(data) -> dict[int, list[str]]:
@@ -169,6 +224,9 @@ COMPONENT = Component(
         # system's trust store).
         "elasticsearch_url": None,
         "elasticsearch_credentials_file": None,
+        # Or the key from the platform's Vault: the KV secret (e.g. elasticsearch/autocode)
+        # whose api_key field holds it.
+        "elasticsearch_credentials_vault_path": None,
         "elasticsearch_ca_file": None,
         # Local: who besides loopback may reach the node (security is off): IPv4 networks.
         "elasticsearch_allowed_networks": [],
@@ -352,16 +410,102 @@ def client(data) -> dict:
     url, and the on-host paths of the API key and CA files when there are any."""
     if data.get("elasticsearch_mode") == "external":
         return {"url": data["elasticsearch_url"].rstrip("/"),
-                "api_key_file": API_KEY_FILE if data.get("elasticsearch_credentials_file")
-                else None,
+                "api_key_file": API_KEY_FILE if credentials(data).in_force else None,
                 "ca_certs": CA_FILE if data.get("elasticsearch_ca_file") else None}
     return {"url": f"http://127.0.0.1:{data['elasticsearch_port']}", "api_key_file": None,
             "ca_certs": None}
 
 
+def client_inputs(data) -> dict[str, str]:
+    """Digests of the key and CA files the clients read at start: a service reading them
+    is restarted when either changes (a rotated key, a renewed CA)."""
+    inputs = {}
+    if data.get("elasticsearch_mode") == "external":
+        key = credentials(data).in_force
+        if key:
+            inputs["elasticsearch API key"] = digest(key)
+        if data.get("elasticsearch_ca_file"):
+            inputs["elasticsearch CA"] = digest(
+                Path(data["elasticsearch_ca_file"]).expanduser().read_text())
+    return inputs
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The external cluster's API key in this apply.
+
+    write: the key the orchestrator's key file is to hold (None: leave the file as it is);
+    in_force: the key the cluster's clients use once the apply is done (the one written,
+    else the one on the orchestrator; None: no authentication);
+    waiting: why a key configured in Vault could not be read now, if it could not."""
+
+    write: str | None = None
+    in_force: str | None = None
+    waiting: str | None = None
+
+
+def credentials(data) -> Credentials:
+    """From elasticsearch_credentials_file, or from elasticsearch_credentials_vault_path
+    (needs the deploy's run: the Vault session and the orchestrator's key file)."""
+    if data.get("elasticsearch_credentials_file"):
+        key = api_key_from_file(
+            Path(data["elasticsearch_credentials_file"]).expanduser().read_text())
+        return Credentials(write=key, in_force=key)
+    if not data.get("elasticsearch_credentials_vault_path"):
+        return Credentials()
+    from tasks import vault
+
+    state = host.state
+    return per_stage(state, "elasticsearch_credentials", lambda: from_vault(
+        data, lambda: vault.deploy_session(state), inventory.get_group("orchestrator")[0]))
+
+
+def from_vault(data, session_of_run, orchestrator) -> Credentials:
+    """The key elasticsearch_credentials_vault_path names: from vault_seed_file when the
+    seed writes that secret in this apply, else read from Vault with the deploy's token
+    (session_of_run() gives the run's infra.vault.Session), else the key the orchestrator
+    (a pyinfra host) already has."""
+    from infra.vault import KV_MOUNT, VaultSetupError
+    from infra.vault_api import VaultAPIError
+
+    path = data["elasticsearch_credentials_vault_path"]
+    where = f"{KV_MOUNT}/{path}"
+    seeded = _seeded_secret(data)
+    if seeded is not None:  # what this apply's seed puts in Vault (checked before connecting)
+        key = api_key_from_file(str(seeded[VAULT_KEY_FIELD]))
+        return Credentials(write=key, in_force=key)
+    waiting = None
+    try:
+        session = session_of_run()
+        if not session.usable():
+            waiting = (f"Vault is not initialised and unsealed yet, so the API key at {where} "
+                       "cannot be read")
+        else:
+            answer = session.admin().get(f"{KV_MOUNT}/data/{path}", ok=(404,))
+            fields = ((answer or {}).get("data") or {}).get("data") or {}
+            if VAULT_KEY_FIELD not in fields:
+                waiting = (f"Vault has no {VAULT_KEY_FIELD} field at {where}; put the "
+                           "cluster's encoded API key there (bao kv put "
+                           f"-mount={KV_MOUNT} {path} {VAULT_KEY_FIELD}=...)")
+            else:
+                try:
+                    key = api_key_from_file(str(fields[VAULT_KEY_FIELD]))
+                    return Credentials(write=key, in_force=key)
+                except ValueError as exc:
+                    waiting = (f"the {VAULT_KEY_FIELD} field at {where} in Vault {exc}; put the "
+                               "`encoded` value of Elasticsearch's create-API-key answer there")
+    except (VaultAPIError, VaultSetupError) as exc:
+        waiting = f"the API key at {where} could not be read from Vault: {exc}"
+    on_host = orchestrator.get_fact(FileText, path=API_KEY_FILE)
+    in_force = on_host.strip() if on_host else None
+    log.warning(f"Elasticsearch: {waiting}; " + (
+        f"the key already on {orchestrator.name} stays in use" if in_force else
+        "the index management and the clients' key wait for a later apply"))
+    return Credentials(in_force=in_force, waiting=waiting)
+
+
 def api_key(data) -> str | None:
-    path = data.get("elasticsearch_credentials_file")
-    return api_key_from_file(Path(path).expanduser().read_text()) if path else None
+    return credentials(data).in_force
 
 
 def filebeat_api_key(data) -> str | None:
@@ -429,17 +573,20 @@ def _local_node(data):
 def _client_files(data) -> None:
     """The API key and CA for the orchestrator's own clients of an external cluster."""
     from tasks.mitmproxy import PROXY_USER
-    if not (data.get("elasticsearch_credentials_file") or data.get("elasticsearch_ca_file")):
+    d = data.dict()
+    if not (d.get("elasticsearch_credentials_file") or d.get("elasticsearch_credentials_vault_path")
+            or d.get("elasticsearch_ca_file")):
         return
     directory(name=f"Folder {CLIENT_DIR}", path=CLIENT_DIR, user="root", group=PROXY_USER,
               mode="750")
-    if data.get("elasticsearch_credentials_file"):
+    key = credentials(d)
+    if key.write:
         file_content(name="Elasticsearch API key for the orchestrator's clients",
-                     path=API_KEY_FILE, text=api_key(data.dict()) + "\n", user="root",
+                     path=API_KEY_FILE, text=key.write + "\n", user="root",
                      group=PROXY_USER, mode="640")
-    if data.get("elasticsearch_ca_file"):
+    if d.get("elasticsearch_ca_file"):
         file_content(name="Elasticsearch cluster's CA", path=CA_FILE,
-                     text=Path(data.elasticsearch_ca_file).expanduser().read_text(),
+                     text=Path(d["elasticsearch_ca_file"]).expanduser().read_text(),
                      user="root", group=PROXY_USER, mode="644")
 
 
@@ -452,6 +599,10 @@ def orchestrator() -> None:
         _local_node(data)
     else:
         _client_files(data)
+        key = credentials(data.dict())
+        if key.waiting and not key.in_force:
+            host.noop(f"Elasticsearch: index management waits for the API key ({key.waiting})")
+            return
     es_objects(name="Elasticsearch: lifecycle policies, index templates, data streams, "
                     "snapshots", api=_api(data), objects=tuple(index_objects(data.dict())))
 

@@ -153,7 +153,8 @@ def orchestrator() -> None:
     config_op = file_content(name="filebeat.yml", path=CONFIG, text=config, user="root",
                              group="root", mode="600")
     systemd_unit(name=f"Unit {UNIT}", unit=UNIT,
-                 inputs={"filebeat.yml": digest(config), "version": data.filebeat_version},
+                 inputs={"filebeat.yml": digest(config), "version": data.filebeat_version,
+                         **elasticsearch.client_inputs(d)},
                  restart_when=(config_op, package), check_command=CHECK)
 
 

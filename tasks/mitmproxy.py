@@ -177,6 +177,7 @@ def shipper_target(data) -> dict:
 
 @deploy("mitmproxy")
 def orchestrator() -> None:
+    from tasks import elasticsearch
     data = host.data
     venv = runtime.venv_path()
     workers = {str(w.data.ssh_hostname): w.name for w in inventory.get_group("workers")}
@@ -224,7 +225,10 @@ def orchestrator() -> None:
         name="autocode-traffic-shipper.service", unit="autocode-traffic-shipper.service",
         batch=units,
         text=render("mitmproxy/autocode-traffic-shipper.service.j2", **common),
-        inputs=inputs, restart_when=(config_op,), check_command=check_config, settle_s=3)
+        # It reads the cluster's key and CA files at start, which the elasticsearch
+        # component writes.
+        inputs={**inputs, **elasticsearch.client_inputs(data.dict())}, restart_when=(config_op,),
+        check_command=check_config, settle_s=3)
 
 
 @deploy("Trust the proxy CA")

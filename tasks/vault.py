@@ -262,7 +262,8 @@ def _orchestrator_host():
     return inventory.get_group("orchestrator")[0]
 
 
-def _session(state) -> vault_state.Session:
+def deploy_session(state) -> vault_state.Session:
+    """This run's Vault session, shared by every component that talks to Vault."""
     orch = _orchestrator_host()
     data = orch.data
     url = data.get("vault_api_url") or f"https://{data.ssh_hostname}:{data.vault_port}"
@@ -322,7 +323,7 @@ def orchestrator() -> None:
     audit_log = f"{root}/logs/orchestrator/vault/audit.log"
     unattended = bool(data.vault_unattended_unseal)
 
-    vault = _session(host.state)
+    vault = deploy_session(host.state)
     status = vault.read_status()
     if status and status.get("initialized") and bool(status.get("recovery_seal")) != unattended:
         # Checked before any file is written: the new config would keep the server sealed.
@@ -429,7 +430,7 @@ def orchestrator() -> None:
 def worker() -> None:
     data = host.data
     orch = _orchestrator_host()
-    vault = _session(host.state)
+    vault = deploy_session(host.state)
     role, period = worker_role(host.name), int(data.vault_token_period_hours)
     vault_state.vault_objects(
         name="Vault: the worker's policy and token role", vault=vault,

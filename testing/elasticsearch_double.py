@@ -25,6 +25,11 @@ missing one answers 404 with the vendor's error type. Every request is counted
 (``requests``), and ``GET /_double/requests`` and ``GET /_double/docs/<stream>`` answer what
 the double saw and holds (the lab reads them; they are the double's own, never
 Elasticsearch's).
+
+API keys (``api_keys``, or ``PUT /_double/api_keys {"keys": [...]}``): once any is set,
+every request but the double's own needs ``Authorization: ApiKey <encoded>`` with one of
+them, else 401 ``security_exception`` with ``WWW-Authenticate: ApiKey``, as a cluster with
+security on answers. None set (the default): no authentication, as with security off.
 """
 
 from __future__ import annotations
@@ -64,6 +69,26 @@ class FaultServerBase:
         self._thread: threading.Thread | None = None
         self.stalled = threading.Event()  # a "stall" fault is holding a request
         self._released = threading.Event()
+        self.api_keys: set[str] = set()  # encoded keys accepted; empty: no authentication
+        self.unauthenticated = 0  # requests answered 401
+
+    def authenticated(self, handler: _Handler, path: str) -> bool:
+        """An ApiKey header with one of `api_keys`, when any is set; else a 401 sent."""
+        with self._lock:
+            keys = set(self.api_keys)
+        if not keys or path.startswith("/_double/"):
+            return True
+        scheme, _, credential = (handler.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "apikey" and credential.strip() in keys:
+            return True
+        with self._lock:
+            self.unauthenticated += 1
+        reason = ("unable to authenticate with provided credentials and anonymous access is "
+                  "not allowed for this request" if scheme else
+                  f"missing authentication credentials for REST request [{path}]")
+        handler.send_json(401, _es_error(401, "security_exception", reason),
+                          {"WWW-Authenticate": "ApiKey"})
+        return False
 
     @property
     def url(self) -> str:
@@ -162,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
         if log is not None:
             with self.server_owner._lock:
                 log.append((self.command, path))
+        if not self.server_owner.authenticated(self, path):
+            return
         if self.command in ("POST", "PUT") and re.fullmatch(r"(/[^/_][^/]*)?/_bulk", path):
             self.server_owner.handle_bulk(self, path, body)
         else:
@@ -304,6 +331,11 @@ class ESDouble(FaultServerBase):
                 return 200, {"requests": [list(r) for r in self.requests]}
             if len(parts) == 3 and parts[1] == "docs":
                 return 200, {"docs": list(self.indices.get(parts[2], {}).values())}
+            if parts[1:] == ["api_keys"] and method == "PUT" and isinstance(doc, dict):
+                self.api_keys = {str(k) for k in doc.get("keys") or []}
+                return 200, {"acknowledged": True}
+            if parts[1:] == ["api_keys"] and method == "GET":
+                return 200, {"unauthenticated": self.unauthenticated}
             return missing
         if len(parts) == 3 and parts[:2] == ["_ilm", "policy"]:
             return self._versioned(self.ilm_policies, method, parts[2], doc, "policy",

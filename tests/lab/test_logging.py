@@ -340,3 +340,81 @@ def test_workers_cannot_reach_elasticsearchs_port(lab, ssh, es_double):
     assert "You Know, for Search" in ssh(lab.orchestrator.name, f"curl -s -m 5 {target}").stdout
     for worker in ("worker1", "worker3"):
         assert ssh(worker, f"curl -s -m 3 {target}", check=False).returncode != 0
+
+
+def lab_vault_admin(lab, ssh):
+    """The deploy's own Vault client, from the lab's keys file: what an operator with the
+    deploy's token can do (here: store the cluster's API key)."""
+    from infra.vault import KeysFile
+    from infra.vault_api import VaultAPI
+
+    keys = KeysFile(lab.inventory_file.with_name(f"{lab.inventory_file.stem}.vault-keys.json"))
+    ca = ssh(lab.orchestrator.name, f"cat {platform_ca.CA_CERT}").stdout
+    return VaultAPI(f"https://{lab.orchestrator.ssh_addr}:8200", ca, keys.load()["admin_token"])
+
+
+def new_api_key() -> str:
+    import base64
+
+    return base64.b64encode(f"{uuid.uuid4().hex[:12]}:{uuid.uuid4().hex}".encode()).decode()
+
+
+def test_the_clusters_api_key_from_vault_reaches_the_deploy_and_the_shipper(
+        lab, ssh, es_double, tmp_path_factory):
+    """An operator keeps the cluster's API key in the platform's Vault; the double then
+    wants it on every request, as a cluster with security on does. Then the key rotated."""
+    orch, path = lab.orchestrator.name, f"elasticsearch/lab-{RUN}"
+    admin = lab_vault_admin(lab, ssh)
+    first = new_api_key()
+    admin.put(f"secret/data/{path}", {"data": {"api_key": first}})
+    es_double.request("PUT", "/_double/api_keys", {"keys": [first]})
+    site = Pyinfra(site_inventory(lab, tmp_path_factory.mktemp("vault-key"),
+                                  elasticsearch_mode="external", filebeat_enabled=False,
+                                  elasticsearch_url=es_double.url,
+                                  elasticsearch_credentials_vault_path=path))
+
+    def key_file() -> str:
+        return ssh(orch, f"stat -c '%a %U %G' {elasticsearch.API_KEY_FILE} && "
+                   f"cat {elasticsearch.API_KEY_FILE}").stdout
+
+    def shipped(tag: str) -> list[dict]:
+        url = f"http://{lab.internet.uplink_addr}/vault-key-{tag}-{RUN}"
+        ssh("worker1", f"runuser -u {AGENT} -- curl -s -o /dev/null -m 10 {url}", check=False)
+
+        def arrived():
+            _, payload = es_double.request("GET", "/_double/docs/autocode-traffic")
+            return [d for d in payload["docs"] if d.get("url") == url]
+        return wait_for(arrived, timeout=30, interval=0.5)
+
+    try:
+        result, seconds = site.run()
+        record("logging: apply with the cluster's API key from Vault", f"{seconds:.1f} s")
+        assert result["results"]["totals"]["error"] == 0
+        assert key_file() == f"640 root autocode-proxy\n{first}\n"
+        assert first not in json.dumps(result)  # the key never in the deploy's report
+        assert shipped("first"), "the shipper's records did not pass the cluster's key"
+        again, _ = site.run()
+        assert changed_hosts(again) == {}
+
+        # Rotation: a second key made and stored in Vault, the first still valid meanwhile
+        # (Elasticsearch's own rotation order); the re-apply changes exactly the key file
+        # and restarts the shipper, which then needs only the second.
+        second = new_api_key()
+        admin.put(f"secret/data/{path}", {"data": {"api_key": second}})
+        es_double.request("PUT", "/_double/api_keys", {"keys": [first, second]})
+        rotated, seconds = site.run()
+        record("logging: re-apply after the key was rotated in Vault", f"{seconds:.1f} s, "
+               f"changed: {sorted(changed_hosts(rotated))}")
+        assert changed_hosts(rotated) == {
+            "Elasticsearch | Elasticsearch API key for the orchestrator's clients": {orch},
+            "mitmproxy | autocode-traffic-shipper.service": {orch}}
+        es_double.request("PUT", "/_double/api_keys", {"keys": [second]})
+        _, before = es_double.request("GET", "/_double/api_keys")
+        assert shipped("second"), "the shipper did not take the rotated key"
+        _, after = es_double.request("GET", "/_double/api_keys")
+        assert after["unauthenticated"] == before["unauthenticated"]
+        assert key_file().endswith(f"\n{second}\n")
+    finally:
+        es_double.request("PUT", "/_double/api_keys", {"keys": []})
+        admin.delete(f"secret/metadata/{path}", ok=(403, 404))
+        Pyinfra(lab.inventory_file).run()
