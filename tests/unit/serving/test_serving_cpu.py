@@ -28,6 +28,10 @@ import pytest
 SERVE_PYTHON = os.environ.get("AUTOCODE_SERVE_PYTHON")
 ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
+# How long a request waits for its model to load before a 503. Loading the tiny model on
+# demand took 47-54 s on CI's idle 2 cores and over 90 s with the unit tests running beside
+# it: the on-demand checks need the margin; the degradation check waits it out once.
+LOAD_WAIT_S = 150
 
 pytestmark = pytest.mark.skipif(
     not (SERVE_PYTHON and Path(SERVE_PYTHON).is_file()),
@@ -117,6 +121,9 @@ def figures(base: str, name: str) -> dict:
             "tokens_per_s": round(usage["completion_tokens"] / elapsed, 1)}
 
 
+# Start, load, three on-demand loads and a load waited out: ~450 s on CI's idle 2 cores;
+# the guard is for a hang, above the suite's 600 s.
+@pytest.mark.timeout(1500)
 def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
     port, dashboard, metrics = free_port(), free_port(), free_port()
     broken_model = tmp_path / "broken"
@@ -131,7 +138,7 @@ def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
               "ray_num_cpus": 8, "ray_dashboard_port": dashboard, "on_demand_idle_s": 10,
               "ray_metrics_port": metrics,
               "gpus": None, "state_dir": str(tmp_path / "state"), "max_queued": 2,
-              "load_wait_s": 90, "retry_after_s": 7, "fallbacks": {"broken-b": "tiny"},
+              "load_wait_s": LOAD_WAIT_S, "retry_after_s": 7, "fallbacks": {"broken-b": "tiny"},
               # 127.0.0.2 stands for a worker's address (all of 127/8 is loopback).
               "accounting": {"ledger": str(ledger), "workers": {WORKER_ADDRESS: "worker-t"},
                              "agents": {"worker-t": "claude-code"},
@@ -374,9 +381,9 @@ def degradation(base: str) -> None:
         assert ask(base, "tiny")[0] == 200  # serving on while the others fail to load
         (status_a, headers_a, waited_a), (status_b, headers_b, _) = a.result(), b.result()
     assert status_a == 503 and headers_a.get("Retry-After") == "7", (status_a, headers_a)
-    assert 85 <= waited_a < 200
+    assert LOAD_WAIT_S - 5 <= waited_a < LOAD_WAIT_S + 110
     assert status_b == 200 and headers_b.get("X-Autocode-Fallback") == "tiny", headers_b
-    print(f"\ndegradation: 503 + Retry-After after {waited_a:.1f} s (load_wait_s 90); "
+    print(f"\ndegradation: 503 + Retry-After after {waited_a:.1f} s (load_wait_s {LOAD_WAIT_S}); "
           "the fallback answered for the other")
 
 
