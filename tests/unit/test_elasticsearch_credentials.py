@@ -68,26 +68,6 @@ def session_for(bao: OpenBao, keys: vault.KeysFile):
     return lambda: session
 
 
-@pytest.fixture
-def bao(tmp_path):
-    server = OpenBao(tmp_path / "bao").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ready(bao, tmp_path):
-    """What the deploy leaves: initialised, unsealed, its admin token in the keys file."""
-    keys = vault.KeysFile(tmp_path / "keys.json")
-    vault.initialise(bao.api(), keys, vault.InitPlan(shares=1, threshold=1))
-    vault.unseal(bao.api(), keys.load())
-    vault.wait_until_active(bao.api())
-    vault.bootstrap_admin(bao.api(), keys)
-    admin = bao.api(keys.load()["admin_token"])
-    vault.ensure_mount(admin)
-    return bao, keys, admin
-
-
 # -- read from Vault ------------------------------------------------------------------------
 
 

@@ -22,26 +22,6 @@ PLANTED = "PLANTED-SEED-VALUE-6f1c2a"
 PLAN = vault.InitPlan(shares=5, threshold=3)
 
 
-@pytest.fixture
-def bao(tmp_path):
-    server = OpenBao(tmp_path / "bao").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ready(bao, tmp_path):
-    """Initialised, unsealed, admin bootstrapped: what the deploy leaves behind."""
-    keys = vault.KeysFile(tmp_path / "keys.json")
-    vault.initialise(bao.api(), keys, PLAN)
-    vault.unseal(bao.api(), keys.load())
-    vault.wait_until_active(bao.api())
-    vault.bootstrap_admin(bao.api(), keys)
-    admin = bao.api(keys.load()["admin_token"])
-    vault.ensure_mount(admin)
-    return bao, keys, admin
-
-
 def test_init_keeps_keys_only_in_a_0600_file_and_revokes_the_root_token(bao, tmp_path):
     keys = vault.KeysFile(tmp_path / "control" / "keys.json")
     vault.initialise(bao.api(), keys, PLAN)
