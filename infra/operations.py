@@ -530,6 +530,65 @@ def default_gateway(gateway: str):
 
 
 @operation()
+def checked_config(path: str, text: str, check_command: str, user: str, group: str,
+                   mode: str):
+    """A config file holding exactly `text`, put in place only after `check_command`
+    (with `{}` standing for the new file) accepted it: a refused one stays beside it as
+    `<path>.refused` for the operator, and the file in use is untouched.
+
+    + path, text: the file and its content
+    + check_command: validates a candidate, e.g. `tool check --config {}`
+    + user, group, mode: owner and mode of the file
+    """
+    state = fact_once(host, PathStates, paths=(path,)).get(path)
+    if state is not None and state["sha256"] == digest(text) and \
+            (state["user"], state["group"], _mode(state["mode"])) == (user, group, _mode(mode)):
+        host.noop(f"{path} is as wanted")
+        return
+    candidate = f"{STAGING}/{path.strip('/').replace('/', '_')}"
+    yield f"install -d -m 755 {STAGING}"
+    yield from _upload(text, candidate, user, group, mode)
+    refused = f"{path}.refused"
+    yield (f"if {check_command.format(q(candidate))}; then mv -f {q(candidate)} {q(path)} && "
+           f"rm -f {q(refused)}; else mv -f {q(candidate)} {q(refused)}; echo "
+           f"{q(f'{path} was not changed: the new file is refused (kept as {refused})')} >&2; "
+           "exit 1; fi")
+
+
+@operation()
+def unit_removed(unit: str):
+    """A unit something else replaces (another runner): stopped, disabled, its file and
+    start record removed.
+
+    + unit: the unit's name
+    """
+    state = fact_once(host, UnitStates, units=(
+        (unit, f"{UNIT_DIR}/{unit}", f"{UNIT_MARKERS}/{unit}"),))[unit]
+    if state["unit"] is None and state["active"] != "active":
+        host.noop(f"{unit} is not installed")
+        return
+    yield f"systemctl disable --now {q(unit)}"
+    yield f"rm -f {q(UNIT_DIR + '/' + unit)} {q(UNIT_MARKERS + '/' + unit)}"
+    yield "systemctl daemon-reload"
+
+
+@operation()
+def pinned_install(item: str, want: str, have: str | None, commands: tuple[str, ...]):
+    """Something installed at a pinned version (a CLI, Node): `commands` run when the
+    version installed, as a fact read it, is not `want`.
+
+    + item: what it is, for messages
+    + want: the pinned version
+    + have: the installed version, None when it is not installed
+    + commands: how to install `want`
+    """
+    if have == want:
+        host.noop(f"{item} {want} is installed")
+        return
+    yield from commands
+
+
+@operation()
 def barrier(description: str):
     """A no-op that orders hosts: called from one line for every host, it is one node in
     pyinfra's operation graph, so each host's operations before it run before any host's

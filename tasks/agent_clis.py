@@ -21,13 +21,13 @@ import json
 import re
 
 from pyinfra import host
-from pyinfra.api import FactBase, OperationError, deploy, operation
+from pyinfra.api import FactBase, OperationError, deploy
 from pyinfra.operations import apt, server
 
 from autocode.agents import AgentFactory
 from infra.component import Component
 from infra.facts import q
-from infra.operations import directory, file_content
+from infra.operations import directory, file_content, pinned_install
 from infra.render import TEMPLATES, render
 from infra.validation import Problems, check_bool
 from tasks import runtime
@@ -192,23 +192,13 @@ def _npm_env(data) -> str:
     return f"env PATH={q(node_bin_dir(data))}:/usr/bin:/bin NODE_EXTRA_CA_CERTS={q(WORKER_CA)}"
 
 
-@operation()
-def agent_cli(item: str, want: str, installed: dict, commands: tuple[str, ...]):
-    """One CLI (or Node, npm) at its pinned version: `commands` run when the installed
-    version (from the AgentCliVersions fact) differs from `want`.
-
-    + item: its name in the fact
-    + want: the pinned version
-    + installed: the fact's reading
-    + commands: how to install it
-    """
+def _have(installed: dict, item: str) -> str | None:
+    """The installed version of `item` as pinned: NodeSource's package versions read
+    22.23.5-1nodesource1."""
     have = installed.get(item)
-    # NodeSource's package versions read 22.23.5-1nodesource1.
-    if have is not None and (have == want or have.split("-", 1)[0] == want and item == "node"
-                             and "nodesource" in have):
-        host.noop(f"{item} {want} is installed")
-        return
-    yield from commands
+    if item == "node" and have and "nodesource" in have:
+        return have.split("-", 1)[0]
+    return have
 
 
 def _node(data, installed: dict) -> None:
@@ -226,12 +216,12 @@ def _node(data, installed: dict) -> None:
     fetch = f"{home(data)}/npm_fetch.py"
     file_content(name="npm registry fetcher", path=fetch, text=NPM_FETCH, mode="755")
     registry = data["npm_registry"]
-    agent_cli(name=f"Node {version} (npm registry)", item="node", want=version,
-              installed=installed,
+    pinned_install(name=f"Node {version} (npm registry)", item="node", want=version,
+              have=_have(installed, "node"),
               commands=(f"python3 {q(fetch)} {q(registry)} {q('node-linux-' + arch)} "
                         f"{q(version)} {q(data['install_dir'] + '/node')}",))
-    agent_cli(name=f"npm {data['npm_version']}", item="npm", want=data["npm_version"],
-              installed=installed,
+    pinned_install(name=f"npm {data['npm_version']}", item="npm", want=data["npm_version"],
+              have=_have(installed, "npm"),
               commands=(f"python3 {q(fetch)} {q(registry)} npm {q(data['npm_version'])} "
                         f"{q(data['install_dir'] + '/npm')}",))
 
@@ -276,16 +266,16 @@ def worker() -> None:
     npm_kinds = [k for k in kinds if k in NPM_PACKAGES]
     for kind in npm_kinds:
         spec = f"{NPM_PACKAGES[kind]}@{versions[kind]}"
-        agent_cli(name=f"{kind} {versions[kind]} (npm)", item=kind, want=versions[kind],
-                  installed=installed,
+        pinned_install(name=f"{kind} {versions[kind]} (npm)", item=kind, want=versions[kind],
+                  have=_have(installed, kind),
                   commands=(f"{_npm_env(data)} {_npm(data)} install --global --prefix "
                             f"{q(npm_prefix(data))} --no-fund --no-audit --no-update-notifier "
                             f"{q(spec)}",))
     if "aider" in kinds:
         venv = aider_venv(data)
-        agent_cli(name=f"aider {versions['aider']} (PyPI)", item="aider",
+        pinned_install(name=f"aider {versions['aider']} (PyPI)", item="aider",
                   want=versions["aider"],
-                  installed=installed,
+                  have=_have(installed, "aider"),
                   commands=(_aider_python_check(versions["aider"]),
                             f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
                             f"{q(venv)}/bin/pip install {runtime.PIP} --quiet "
@@ -316,9 +306,9 @@ def _cursor(data, installed: dict, version: str) -> None:
                  text=render("agent_clis/install-cursor.sh.j2",
                              url=q(data["cursor_install_url"]), version=q(version),
                              link=q(cursor_link(data))))
-    agent_cli(name=f"cursor-cli {version} (vendor installer)", item="cursor-cli",
+    pinned_install(name=f"cursor-cli {version} (vendor installer)", item="cursor-cli",
               want=version,
-              installed=installed,
+              have=_have(installed, "cursor-cli"),
               commands=(f"runuser -u {q(data['service_user'])} -- env "
                         f"HOME={q(data['service_home'])} {q(script)}",))
 

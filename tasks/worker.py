@@ -14,20 +14,12 @@ from __future__ import annotations
 
 import yaml
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import deploy
 
 from autocode.config import ConfigError, parse_worker_config
 from infra.component import Component
-from infra.facts import PathStates, UnitStates, fact_once, q
-from infra.operations import (
-    STAGING,
-    UNIT_DIR,
-    UNIT_MARKERS,
-    _upload,
-    digest,
-    file_content,
-    systemd_unit,
-)
+from infra.facts import q
+from infra.operations import checked_config, digest, file_content, systemd_unit, unit_removed
 from infra.render import render
 from infra.validation import Problems, check_calendar
 from tasks import agent_clis, platform_ca, runtime
@@ -158,53 +150,11 @@ COMPONENT = Component(
 )
 
 
-@operation()
-def checked_config(path: str, text: str, check_command: str, user: str, group: str,
-                   mode: str):
-    """A config file holding exactly `text`, put in place only after `check_command`
-    (with `{}` standing for the new file) accepted it: a refused one stays beside it as
-    `<path>.refused` for the operator, and the file in use is untouched.
-
-    + path, text: the file and its content
-    + check_command: validates a candidate, e.g. `tool check --config {}`
-    + user, group, mode: owner and mode of the file
-    """
-    state = fact_once(host, PathStates, paths=(path,)).get(path)
-    if state is not None and state["sha256"] == digest(text) and \
-            (state["user"], state["group"], state["mode"]) == (user, group, mode.lstrip("0")):
-        host.noop(f"{path} is as wanted")
-        return
-    candidate = f"{STAGING}/{path.strip('/').replace('/', '_')}"
-    yield f"install -d -m 755 {STAGING}"
-    yield from _upload(text, candidate, user, group, mode)
-    refused = f"{path}.refused"
-    yield (f"if {check_command.format(q(candidate))}; then mv -f {q(candidate)} {q(path)} && "
-           f"rm -f {q(refused)}; else mv -f {q(candidate)} {q(refused)}; echo "
-           f"{q(f'{path} was not changed: the new file is refused (kept as {refused})')} >&2; "
-           "exit 1; fi")
-
-
-@operation()
-def unit_stopped(unit: str):
-    """A unit another runner replaces: stopped, disabled, its file and record removed.
-
-    + unit: the unit's name
-    """
-    state = fact_once(host, UnitStates, units=(
-        (unit, f"{UNIT_DIR}/{unit}", f"{UNIT_MARKERS}/{unit}"),))[unit]
-    if state["unit"] is None and state["active"] != "active":
-        host.noop(f"{unit} is not installed")
-        return
-    yield f"systemctl disable --now {q(unit)}"
-    yield f"rm -f {q(UNIT_DIR + '/' + unit)} {q(UNIT_MARKERS + '/' + unit)}"
-    yield "systemctl daemon-reload"
-
-
 @deploy("Worker agent")
 def worker() -> None:
     data = host.data.dict()
     if data["worker_runner"] != "systemd":
-        unit_stopped(name=f"{UNIT} (Nomad runs the agent)", unit=UNIT)
+        unit_removed(name=f"{UNIT} (Nomad runs the agent)", unit=UNIT)
     venv = runtime.venv_path()
     path = config_path(data)
     text = render_config(host.name, data)
