@@ -32,7 +32,8 @@ CLEAR_FRACTION of its threshold, so a value hovering at the threshold does not f
 
 The text has no authentication: --listen must be a loopback address unless --allow-remote.
 Exit status: 0 stopped by SIGTERM/SIGINT, 1 the port cannot be bound, 2 bad arguments.
-Only the standard library at import; pynvml is optional.
+At import the standard library and prometheus_client's parser (Ray's page is read with it;
+vLLM and Ray depend on it, so the serving venv has it); pynvml is optional.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any, NamedTuple
+
+from prometheus_client.metrics_core import METRIC_TYPES
+from prometheus_client.parser import text_fd_to_metric_families
 
 log = logging.getLogger("autocode.serving.monitor")
 
@@ -149,97 +153,89 @@ class PrometheusParseError(ValueError):
     pass
 
 
+# prometheus_client's parser is "laxer than the main Go parser" (its own words): it takes
+# `m 1 2 3` (the last field as the timestamp), `m infinity`, `m 1 12.5`, an exemplar after
+# the value, escapes such as \t in a label value and any metric name before labels
+# (`2x{a="1"} 1`), all of which Prometheus refuses. _check_sample checks these on each
+# sample line before the library reads it.
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_LABEL_VALUE = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(.)")
-_UNESCAPED = {"\\": "\\", '"': '"', "n": "\n"}
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+_SPECIAL_FLOATS = frozenset({"nan", "inf", "+inf", "-inf"})
 _TIMESTAMP = re.compile(r"-?\d+")
-_BLANK = re.compile(r"[ \t]*")
+# From '{' to the first '}' outside a quoted string (a label value or name may hold '}').
+_LABELS = re.compile(r'\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\}')
+_ESCAPE = re.compile(r"\\(.)")
+_TYPES = frozenset({*METRIC_TYPES, "untyped"})  # the library's, with 0.0.4's name of unknown
 
 
 def parse_prometheus(text: str) -> list[Sample]:
-    """The samples of a page in Prometheus' text exposition format (0.0.4): comments (# HELP,
-    # TYPE and others) skipped, label values unescaped (\\\\, \\", \\n), NaN and +/-Inf
-    values, an optional timestamp (checked, dropped). Histogram and summary series come as
-    their plain samples (x_bucket{le=...}, x_sum, x_count). A malformed line raises
-    PrometheusParseError naming its line number, as Prometheus rejects the whole scrape."""
-    samples = []
-    # Lines end at \n only: str.splitlines() would also split at \x1c, \u2028..., which a
-    # label value may hold.
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.rstrip("\r").strip(" \t")
-        if not line or line.startswith("#"):
-            continue
-        try:
-            samples.append(_parse_sample(line))
-        except PrometheusParseError as exc:
-            raise PrometheusParseError(f"line {lineno}: {exc}: {line[:200]!r}") from None
-    return samples
+    """The samples of a page in Prometheus' text exposition format, in page order, read by
+    prometheus_client's parser: # HELP and # TYPE lines read, other comments skipped, label
+    values unescaped (\\\\, \\", \\n), NaN and +/-Inf values, an optional timestamp (checked,
+    dropped). Histogram and summary series come as their plain samples (x_bucket{le=...},
+    x_sum, x_count, x{quantile=...}). One renaming of the library's: a counter whose # TYPE
+    line names it without the _total suffix has its samples named with it (the monitor reads
+    only gauges). A malformed line raises PrometheusParseError naming its line number, as
+    Prometheus rejects the whole scrape; so does a malformed # HELP or # TYPE line."""
+    lines = _Lines(text)
+    try:
+        return [Sample(sample.name, sample.labels, float(sample.value))
+                for family in text_fd_to_metric_families(lines)
+                for sample in family.samples]
+    except Exception as exc:  # mostly ValueError; the library is not hardened against all
+        raise PrometheusParseError(f"line {lines.number}: {str(exc) or type(exc).__name__}: "
+                                   f"{lines.current[:200]!r}") from None
 
 
-def _parse_sample(line: str) -> Sample:
-    match = _METRIC_NAME.match(line)
-    if not match:
-        raise PrometheusParseError("no metric name")
-    name, pos = match.group(), match.end()
-    pos = _BLANK.match(line, pos).end()
-    labels: dict[str, str] = {}
-    if pos < len(line) and line[pos] == "{":
-        pos = _parse_labels(line, pos + 1, labels)
-    elif pos == match.end() and pos < len(line):
-        raise PrometheusParseError("expected a blank or '{' after the metric name")
-    fields = line[pos:].split()
+class _Lines:
+    """The lines of a page for text_fd_to_metric_families (which only iterates over its
+    `fd`), counted for the error message, each sample line checked first (_check_sample).
+    Lines end at \\n only: str.splitlines() would also split at \\x1c, \\u2028..., which a
+    label value may hold."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self.number = 0
+        self.current = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for number, raw in enumerate(self._text.split("\n"), 1):
+            self.number, self.current = number, raw.strip()  # the library strips each line
+            if self.current.startswith("#"):
+                # The library refuses a bad type only when the family ends, lines later;
+                # split as it does (a quoted name, which may hold blanks, is left to it).
+                parts = self.current.split(None, 3)
+                if (len(parts) == 4 and parts[1] == "TYPE" and not parts[2].startswith('"')
+                        and parts[3] not in _TYPES):
+                    raise PrometheusParseError(f"bad metric type {parts[3]!r}")
+            elif self.current:
+                _check_sample(self.current)
+            yield raw
+
+
+def _check_sample(line: str) -> None:
+    """What the library lets through (the note above _METRIC_NAME): a bad name before labels,
+    more than a value and an integer timestamp after the name and labels, escapes other than
+    the format's three in the labels."""
+    if "{" in line:
+        name = line[:line.index("{")].strip()
+        if name and not _METRIC_NAME.fullmatch(name):  # none: {"name", ...}, UTF-8 names
+            raise PrometheusParseError(f"bad metric name {name!r}")
+        labels = _LABELS.match(line, line.index("{"))
+        if not labels:
+            raise PrometheusParseError("no '}' after the labels")
+        for escape in _ESCAPE.finditer(labels.group()):
+            if escape.group(1) not in '\\"n':
+                raise PrometheusParseError(f"bad escape \\{escape.group(1)} in a label value")
+        fields = line[labels.end():].split()
+    else:
+        fields = line.split()[1:]  # the name is checked by the library
     if not 1 <= len(fields) <= 2:
         raise PrometheusParseError("expected a value and an optional timestamp")
+    if fields[0].lower() not in _SPECIAL_FLOATS and not _FLOAT.fullmatch(fields[0]):
+        raise PrometheusParseError(f"bad value {fields[0]!r}")  # float() takes 1_000, inf...
     if len(fields) == 2 and not _TIMESTAMP.fullmatch(fields[1]):
         raise PrometheusParseError(f"bad timestamp {fields[1]!r}")
-    return Sample(name, labels, _parse_value(fields[0]))
-
-
-def _parse_labels(line: str, pos: int, labels: dict[str, str]) -> int:
-    """Reads `name="value", ...}` from pos; returns the position after the '}'."""
-    while True:
-        pos = _BLANK.match(line, pos).end()
-        if line.startswith("}", pos):
-            return pos + 1
-        match = _LABEL_NAME.match(line, pos)
-        if not match:
-            raise PrometheusParseError(f"bad label name at column {pos + 1}")
-        label = match.group()
-        pos = _BLANK.match(line, match.end()).end()
-        if not line.startswith("=", pos):
-            raise PrometheusParseError(f"expected '=' after label {label!r}")
-        pos = _BLANK.match(line, pos + 1).end()
-        value = _LABEL_VALUE.match(line, pos)
-        if not value:
-            raise PrometheusParseError(f"label {label!r}: expected a quoted value")
-        if label in labels:
-            raise PrometheusParseError(f"label {label!r} given twice")
-        labels[label] = _ESCAPE.sub(_unescape, value.group(1))
-        pos = _BLANK.match(line, value.end()).end()
-        if line.startswith(",", pos):
-            pos += 1
-        elif not line.startswith("}", pos):
-            raise PrometheusParseError(f"expected ',' or '}}' after label {label!r}")
-
-
-def _unescape(match: re.Match) -> str:
-    try:
-        return _UNESCAPED[match.group(1)]
-    except KeyError:
-        raise PrometheusParseError(f"bad escape \\{match.group(1)} in a label value") from None
-
-
-def _parse_value(text: str) -> float:
-    special = _SPECIAL_FLOATS.get(text.lower())
-    if special is not None:
-        return special
-    if not _FLOAT.fullmatch(text):  # float() alone would take "1_000" and "infinity"
-        raise PrometheusParseError(f"bad value {text!r}")
-    return float(text)
 
 
 # ------------------------------------------------------------------ the engines' metrics
@@ -330,6 +326,12 @@ def scrape_engines(url: str, timeout: float = SCRAPE_TIMEOUT_S) -> list[EngineRe
 
 
 # ------------------------------------------------------------ Prometheus text, rendering
+# Written here rather than by prometheus_client's generate_latest (a Collector yielding
+# GaugeMetricFamily): that one writes every value as Go writes a float64 (1.0, 87.0,
+# 2.147483648e+10 for 20 GiB), where this text has always had integers as integers
+# (autocode_engine_metrics_up 1, 21474836480), and its CONTENT_TYPE_LATEST is now version
+# 1.0.0 of the format; the families, HELP/TYPE lines and escaping are the same. The tests
+# read this text back with the library's parser.
 
 _FAMILIES = (
     ("autocode_gpu_nvml_up", "1 if NVML answered on the last reading, else 0."),

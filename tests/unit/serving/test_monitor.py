@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from autocode.serving.monitor import (
     CONTENT_TYPE,
@@ -172,6 +173,105 @@ def test_parse_prometheus_refuses_malformed_lines_naming_the_line(line):
     with pytest.raises(PrometheusParseError, match=r"^line 2: "):
         parse_prometheus("ok 1\n" + line + "\n")
 
+
+# What prometheus_client's parser reads that the hand-written one before it did not (or only
+# skipped): the # HELP and # TYPE lines, quoted (UTF-8) names, each kind of family.
+LIBRARY_TEXT = """\
+# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{model_name="tiny",le="0.3"} 1.0
+vllm:e2e_request_latency_seconds_bucket{model_name="tiny",le="+Inf"} 2.0
+vllm:e2e_request_latency_seconds_count{model_name="tiny"} 2.0
+vllm:e2e_request_latency_seconds_sum{model_name="tiny"} 0.9
+# HELP rpc_seconds A summary, its help with an escaped \\\\ and a \\n.
+# TYPE rpc_seconds summary
+rpc_seconds{quantile="0.5"} NaN
+rpc_seconds{quantile="0.99"} +Inf
+rpc_seconds_sum 1.5e3
+rpc_seconds_count 7
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="tiny"} 123.0
+# HELP vllm:prompt_tokens_created Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_created gauge
+vllm:prompt_tokens_created{engine="0",model_name="tiny"} 1.7e+09
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 5 -1700000000000
+vllm:num_requests_waiting{engine="1",model_name="tiny"}\t2\t1700000000000
+# TYPE vllm:kv_cache_usage_perc untyped
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} .5
+vllm:kv_cache_usage_perc{engine="1",model_name="tiny"} NaN
+{"vllm.num_requests_running", model_name="tiny"} 3
+m{"label.with.dots"="a}b", tab="\\\\t"} 5.
+"""
+
+
+def test_parse_prometheus_reads_each_kind_of_family_as_plain_samples():
+    samples = parse_prometheus(LIBRARY_TEXT)
+    assert [s.name for s in samples] == [
+        "vllm:e2e_request_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+        "rpc_seconds", "rpc_seconds", "rpc_seconds_sum", "rpc_seconds_count",
+        "vllm:prompt_tokens_total", "vllm:prompt_tokens_created",
+        "vllm:num_requests_waiting", "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc", "vllm:kv_cache_usage_perc",
+        "vllm.num_requests_running", "m"]
+    assert all(type(s.value) is float for s in samples)  # the library gives ints for "7"
+    assert samples[1] == Sample("vllm:e2e_request_latency_seconds_bucket",
+                                {"model_name": "tiny", "le": "+Inf"}, 2.0)
+    assert math.isnan(samples[4].value) and samples[5].value == math.inf
+    assert samples[4].labels == {"quantile": "0.5"}
+    assert samples[6].value == 1500.0 and samples[7].value == 7.0
+    # timestamps (negative, or after a tab) are read and dropped
+    assert [s.value for s in samples[10:12]] == [5.0, 2.0]
+    assert samples[12].value == 0.5
+    # a quoted UTF-8 metric name and label name (the text format of Prometheus 3)
+    assert samples[14] == Sample("vllm.num_requests_running", {"model_name": "tiny"}, 3.0)
+    assert samples[15] == Sample("m", {"label.with.dots": "a}b", "tab": "\\t"}, 5.0)
+    # the engines: histograms, summaries and counters are not gauges the monitor reads;
+    # the NaN engine is skipped; a dotted name is none of the three spellings matched
+    assert engines_from_samples(samples) == [EngineReading("tiny", 0.5, 7.0, None)]
+
+
+def test_parse_prometheus_names_a_counter_with_its_total_suffix():
+    # prometheus_client's (OpenMetrics') naming: the monitor reads only gauges
+    assert parse_prometheus("# TYPE c counter\nc 1\n") == [Sample("c_total", {}, 1.0)]
+    assert parse_prometheus("# TYPE c_total counter\nc_total 1\n") == [
+        Sample("c_total", {}, 1.0)]
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    # malformed # HELP and # TYPE lines, which the old parser skipped as comments
+    ("# TYPE m weird\nm 1\n", "line 2: bad metric type 'weird'"),
+    ("# TYPE m gauge extra\nm 1\n", "line 2: bad metric type 'gauge extra'"),
+    ("# TYPE m\nm 1\n", "line 2: "),
+    ("# HELP 1bad some text\n", "line 2: "),
+    # what the library alone would take
+    ('m{a="1"} 1 # {trace_id="abc"} 2\n', "line 2: expected a value and an optional"),
+    ('m{a="x"} 1 y{b="}"} 2\n', "line 2: expected a value and an optional"),
+    ('2m{a="1"} 1\n', "line 2: bad metric name '2m'"),
+    ('m{a="1"} 1 1700000000000.5\n', "line 2: bad timestamp"),
+    ("m +nan\n", "line 2: bad value '\\+nan'"),
+])
+def test_parse_prometheus_refuses_what_prometheus_refuses_at_its_line(text, where):
+    with pytest.raises(PrometheusParseError, match="^" + where):
+        parse_prometheus("ok 1\n" + text)
+
+
+def test_a_bad_type_is_named_at_its_line_not_where_its_family_ends():
+    page = "# TYPE a gauge\na 1\n# TYPE b summery\nb 1\nb 2\n\n# TYPE c gauge\nc 1\n"
+    with pytest.raises(PrometheusParseError, match=r"^line 3: bad metric type 'summery'"):
+        parse_prometheus(page)
+
+
+def test_scrape_engines_of_a_page_with_every_kind_of_family():
+    with metrics_page(LIBRARY_TEXT) as page:
+        assert scrape_engines(page.url, timeout=3) == [EngineReading("tiny", 0.5, 7.0, None)]
+        page.page["body"] = LIBRARY_TEXT + "# TYPE broken gauge\nbroken{a=\"1\"} 1 2 3\n"
+        line = LIBRARY_TEXT.count("\n") + 2
+        with pytest.raises(EngineMetricsUnavailable,
+                           match=rf"not Prometheus text \(line {line}: expected a value"):
+            scrape_engines(page.url, timeout=3)
 
 # ------------------------------------------------------------ the engines' metrics
 
@@ -391,6 +491,23 @@ def test_render_has_help_and_type_and_parses_back():
     assert Sample("autocode_engine_metrics_up", {}, 0.0) in samples
     assert not [s for s in samples if s.name == "autocode_model_requests_running"]
     assert text.endswith("\n") and "\n\n" not in text
+
+
+def test_render_reads_back_with_prometheus_client_as_gauge_families():
+    name = 'odd "name" \\ \n'
+    gpus = [GpuReading(0, name, 20 * GIB, 24 * GIB, None)]
+    text = render(gpus, [EngineReading("m", math.nan, math.inf, 0.0)], True, True)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert list(families) == FAMILIES
+    assert {f.type for f in families.values()} == {"gauge"}
+    assert all(f.documentation for f in families.values())
+    assert [(s.labels, s.value) for s in families["autocode_gpu_memory_used_bytes"].samples] \
+        == [({"gpu": "0", "name": name}, 20 * GIB)]
+    assert f"}} {20 * GIB}\n" in text  # an integer as an integer, not 2.147483648e+10
+    assert families["autocode_gpu_utilization_percent"].samples == []
+    assert math.isnan(families["autocode_model_kv_cache_usage_ratio"].samples[0].value)
+    assert 'autocode_model_requests_waiting{model="m"} +Inf\n' in text
+    assert 'autocode_model_requests_running{model="m"} 0\n' in text
 
 
 # -------------------------------------------------------------- thresholds, warnings
