@@ -9,6 +9,16 @@ or, for the orchestrator's own node (which its firewall keeps to loopback), thro
 deploy's SSH connection to the orchestrator (a direct-tcpip channel to 127.0.0.1:9200),
 so the node is never opened to the control machine for the deploy's sake.
 
+The client is the deploy's shared HTTP session (infra/http_api.py), the one Vault's and
+Nomad's clients use, with its channel adapter for the tunnel. Not elasticsearch-py (which
+the runtime's shipper uses, for bulk writes): these are a few raw GETs and PUTs whose
+answer is compared whatever its status, so only its `perform_request` would serve, and
+its transport would have to be undone piece by piece for the deploy: it retries and marks
+a node dead (the apply waits for a restarted node itself), its requests node honours
+HTTP(S)_PROXY from the environment and an `ssl_context` given to its urllib3 node gets
+certifi's roots added (the CA given would not be the only one trusted), and the SSH
+channel would need a node class reaching into its pool or session, which are not its API.
+
 "What Elasticsearch answers" is compared as a superset of what is wanted: Elasticsearch
 adds defaults (an ILM phase's `min_age`, a delete action's `delete_searchable_snapshot`)
 and writes settings back as strings, so wanted settings are given nested, as strings.
@@ -17,41 +27,32 @@ and writes settings back as strings, so wanted settings are given nested, as str
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+import requests
 from pyinfra import logger as log
 from pyinfra.api import FunctionCommand, OperationError, operation
 
+from .http_api import APIError, cause, session
 
-class ElasticsearchError(OperationError):
+
+class ElasticsearchError(APIError, OperationError):
     """Elasticsearch refused a call, or could not be reached; the message names the call
-    and Elasticsearch's error type and reason, never a credential."""
+    and Elasticsearch's error type and reason, never a credential. An OperationError, so
+    pyinfra reports it as the operation's failure."""
 
+    service = "Elasticsearch"
 
-class _ChannelConnection(http.client.HTTPConnection):
-    """HTTP over an SSH direct-tcpip channel (paramiko) instead of a socket."""
-
-    def __init__(self, transport, target: tuple[str, int], timeout: float) -> None:
-        super().__init__(target[0], target[1], timeout=timeout)
-        self._transport = transport
-        self._target = target
-
-    def connect(self) -> None:
-        try:
-            channel = self._transport.open_channel("direct-tcpip", self._target,
-                                                   ("127.0.0.1", 0), timeout=self.timeout)
-        except Exception as exc:  # paramiko's ChannelException: nothing listens there
-            raise ConnectionRefusedError(f"{self._target[0]}:{self._target[1]} on the "
-                                         f"orchestrator: {exc}") from None
-        channel.settimeout(self.timeout)
-        self.sock = channel
+    def describe(self) -> str:
+        if self.status is None:
+            return self.detail  # a sentence of its own: not reached, did not answer
+        sep = "" if self.detail.startswith(";") else " "  # "HTTP 401; give the key in ..."
+        return (f"Elasticsearch refused {self.method} {self.path}: HTTP {self.status}"
+                + (sep + self.detail if self.detail else ""))
 
 
 @dataclass
@@ -65,23 +66,13 @@ class ElasticsearchAPI:
     """
 
     url: str
-    api_key: str | None = None
-    ca_pem: str | None = None
-    tunnel: Any = None
+    api_key: str | None = field(default=None, repr=False)
+    ca_pem: str | None = field(default=None, repr=False)
+    tunnel: Any = field(default=None, repr=False)
     timeout: float = 15.0
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def _connection(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if self.tunnel is not None:
-            return _ChannelConnection(self.tunnel(), (parts.hostname, port), self.timeout)
-        if parts.scheme == "https":
-            context = ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else \
-                ssl.create_default_context()
-            return http.client.HTTPSConnection(parts.hostname, port, context=context,
-                                               timeout=self.timeout)
-        return http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout)
+    calls: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    _session: requests.Session | None = field(default=None, init=False, repr=False,
+                                              compare=False)
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Accept": "application/json"}
@@ -92,22 +83,23 @@ class ElasticsearchAPI:
         if self.api_key:
             headers["Authorization"] = f"ApiKey {self.api_key}"
         self.calls.append((method, path))
-        conn = self._connection()
+        if self._session is None:
+            self._session = session(self.ca_pem, self.tunnel)
         try:
-            conn.request(method, urlsplit(self.url).path.rstrip("/") + path, body=data,
-                         headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise ElasticsearchError(f"Elasticsearch at {self.url} cannot be reached "
-                                     f"({type(exc).__name__}: {exc})") from None
-        finally:
-            conn.close()
+            response = self._session.request(method, self.url.rstrip("/") + path, data=data,
+                                             headers=headers, timeout=self.timeout,
+                                             allow_redirects=False)
+            raw = response.content
+        except requests.RequestException as exc:
+            inner = cause(exc)
+            raise ElasticsearchError(method, path, None,
+                                     f"Elasticsearch at {self.url} cannot be reached "
+                                     f"({type(inner).__name__}: {inner})") from None
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
             payload = {"raw": raw[:200].decode("utf-8", "replace")}
-        return response.status, payload
+        return response.status_code, payload
 
     def get(self, path: str) -> Any | None:
         """The object at `path`, or None when Elasticsearch answers 404."""
@@ -115,13 +107,13 @@ class ElasticsearchAPI:
         if status == 404:
             return None
         if status >= 300:
-            raise ElasticsearchError(_refusal("GET", path, status, payload))
+            raise _refusal("GET", path, status, payload)
         return payload
 
     def put(self, path: str, body: Any = None) -> None:
         status, payload = self.request("PUT", path, body)
         if status >= 300:
-            raise ElasticsearchError(_refusal("PUT", path, status, payload))
+            raise _refusal("PUT", path, status, payload)
 
     def info(self) -> dict | None:
         """GET /: the cluster's name and version, or None while it does not answer.
@@ -132,18 +124,18 @@ class ElasticsearchAPI:
         except ElasticsearchError:
             return None
         if status in (401, 403):
+            refused = _refusal("GET", "/", status, payload)
             raise ElasticsearchError(
-                _refusal("GET", "/", status, payload) + "; give the cluster's API key in "
+                "GET", "/", status, refused.detail + "; give the cluster's API key in "
                 "elasticsearch_credentials_file or elasticsearch_credentials_vault_path")
         return payload if status == 200 else None
 
 
-def _refusal(method: str, path: str, status: int, payload: Any) -> str:
+def _refusal(method: str, path: str, status: int, payload: Any) -> ElasticsearchError:
     error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        return (f"Elasticsearch refused {method} {path}: HTTP {status} {error.get('type')}: "
-                f"{str(error.get('reason'))[:300]}")
-    return f"Elasticsearch refused {method} {path}: HTTP {status}"
+    detail = (f"{error.get('type')}: {str(error.get('reason'))[:300]}"
+              if isinstance(error, dict) else "")
+    return ElasticsearchError(method, path, status, detail)
 
 
 def api_key_from_file(text: str) -> str:
@@ -244,7 +236,8 @@ def wait_until_answering(api: ElasticsearchAPI, seconds: float) -> dict:
         if info is not None:
             return info
         if time.monotonic() > deadline:
-            raise ElasticsearchError(f"Elasticsearch at {api.url} did not answer within "
+            raise ElasticsearchError("GET", "/", None,
+                                     f"Elasticsearch at {api.url} did not answer within "
                                      f"{seconds:.0f} s; see `journalctl -u elasticsearch` on "
                                      "the orchestrator, or elasticsearch_url")
         time.sleep(1)

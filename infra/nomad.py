@@ -33,8 +33,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FunctionCommand, OperationError, operation
 
 from . import keys_file
-from .control_api import per_stage, reported
-from .facts import FileText, fact_once, q
+from .control_api import ServiceSession, per_stage, reported
 from .nomad_api import NomadAPI, NomadAPIError
 
 log = logging.getLogger("pyinfra")
@@ -175,16 +174,11 @@ def converge_job(api: NomadAPI, hcl: str) -> JobPlan | None:
 
 
 @dataclass
-class Session:
+class Session(ServiceSession):
     """What the deploy knows of Nomad in this run: where its API is, the CA to verify it by
     (None without TLS), the keys file, whether it answered at plan time, and the gossip
     key of this run. One per run, shared by all hosts."""
 
-    url: str
-    keys: KeysFile
-    orchestrator: Any  # the pyinfra host
-    ca_path: str | None
-    ca_pem: str | None = None
     answering: bool | None = None
     _gossip_key: str | None = field(default=None, repr=False)
 
@@ -194,24 +188,11 @@ class Session:
     def answers(self) -> bool:
         """At plan time: Nomad answers with a leader (read once per run)."""
         if self.answering is None:
-            if self.ca_path and self.ca_pem is None:
-                self.ca_pem = fact_once(self.orchestrator, FileText, path=self.ca_path)
             try:
-                self.answering = bool((not self.ca_path or self.ca_pem)
-                                      and self.api().leader())
+                self.answering = bool(self.plan_time_ca() and self.api().leader())
             except NomadAPIError:
                 self.answering = False
         return self.answering
-
-    def ca_at_run_time(self) -> None:
-        if not self.ca_path:
-            return
-        ok, output = self.orchestrator.run_shell_command(f"cat -- {q(self.ca_path)}")
-        text = "\n".join(output.stdout_lines).strip()
-        if not ok or "BEGIN CERTIFICATE" not in text:
-            raise OperationError(f"could not read the platform CA {self.ca_path} on "
-                                 f"{self.orchestrator.name}")
-        self.ca_pem = text + "\n"
 
     def admin(self) -> NomadAPI:
         token = kept_token(self.keys)

@@ -1,32 +1,30 @@
 """A client of Nomad's HTTP API for the deploy on the control machine, over python-nomad:
 read state, compare, write only what differs.
 
-No proxy (the management token never travels through one), TLS verified against the
-platform CA. Errors name the method, the path, the status and Nomad's own message (plain
+python-nomad's endpoint classes make the requests, over the shared session
+(infra/http_api.py: TLS verified against the platform CA, no proxy, nothing from the
+environment). The endpoint classes, not nomad.Nomad: that one reads NOMAD_ADDR,
+NOMAD_TOKEN and client certificates from the environment, and the deploy says what it
+talks to. Errors name the method, the path, the status and Nomad's own message (plain
 text naming jobs and indexes), never a request body or a token. Every call is counted, so
 a no-change re-apply can be measured.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import nomad.api
 import requests
 
-
-class NomadAPIError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int | None, detail: str):
-        super().__init__(f"Nomad API {method} {path}: " + (f"HTTP {status}: {detail}" if status
-                                                           else detail))
-        self.status = status
-        self.path = path
-        self.detail = detail
+from .http_api import APIError, Client, unreachable
 
 
-class NomadAPI:
+class NomadAPIError(APIError):
+    service = "Nomad API"
+
+
+class NomadAPI(Client):
     """
     + url: e.g. https://10.237.0.2:4646
     + ca_pem: the CA certificate(s) that signed the server's certificate, as PEM text;
@@ -36,42 +34,18 @@ class NomadAPI:
 
     calls = 0  # across every client of this process: the deploy's API-call count
 
-    def __init__(self, url: str, ca_pem: str | None = None, token: str | None = None,
-                 timeout_s: float = 10.0):
-        self.url = url.rstrip("/")
-        self.ca_pem = ca_pem
-        self.token = token
-        session = requests.Session()
-        session.trust_env = False  # no proxy, no netrc, no NOMAD_* or REQUESTS_CA_BUNDLE
-        verify: bool | str = True
-        if ca_pem:
-            # requests verifies against a file only; the CA certificate is public.
-            fd, verify = tempfile.mkstemp(prefix="autocode-nomad-ca-", suffix=".pem")
-            with os.fdopen(fd, "w") as out:
-                out.write(ca_pem)
-            self._ca_file = verify
-        # The endpoint classes, not nomad.Nomad: that one reads NOMAD_ADDR, NOMAD_TOKEN and
-        # client certificates from the environment, and the deploy says what it talks to.
-        settings = dict(address=self.url, token=token, timeout=timeout_s, verify=verify,
-                        session=session)
+    def _bind(self) -> None:
+        # verify=True: python-nomad passes `verify` with every request (its default is
+        # False); the session's adapter verifies against the CA given.
+        settings = dict(address=self.url, token=self.token, timeout=self.timeout_s,
+                        verify=True, session=self.session)
         self._acl = nomad.api.Acl(**settings)
         self._job = nomad.api.Job(**settings)
         self._jobs = nomad.api.Jobs(**settings)
         self._status = nomad.api.Status(**settings)
 
-    def __del__(self):
-        ca_file = getattr(self, "_ca_file", None)
-        if ca_file:
-            try:
-                os.unlink(ca_file)
-            except OSError:
-                pass
-
-    def with_token(self, token: str | None) -> NomadAPI:
-        return NomadAPI(self.url, self.ca_pem, token)
-
     def _call(self, method: str, path: str, send, *args, ok: tuple[int, ...] = ()):
-        NomadAPI.calls += 1
+        self.counted()
         try:
             return send(*args)
         except nomad.api.exceptions.BaseNomadException as exc:
@@ -81,8 +55,7 @@ class NomadAPI:
                     return None
                 raise NomadAPIError(method, path, answer.status_code,
                                     answer.text.strip()[:300] or answer.reason) from None
-            raise NomadAPIError(method, path, None,
-                                f"unreachable: {type(answer).__name__}") from None
+            raise NomadAPIError(method, path, None, unreachable(answer)) from None
         except ValueError:
             raise NomadAPIError(method, path, None, "answer is not JSON") from None
 

@@ -32,7 +32,7 @@ from pyinfra import host as current_host
 from pyinfra.api import FunctionCommand, OperationError, operation
 
 from . import keys_file
-from .control_api import per_stage, reported
+from .control_api import ServiceSession, per_stage, reported
 from .facts import FileText, PathStates, fact_once, q
 from .vault_api import VaultAPI, VaultAPIError
 
@@ -376,15 +376,10 @@ def write_seed(admin: VaultAPI, seed: dict[str, dict[str, Any]], paths: list[str
 
 
 @dataclass
-class Session:
+class Session(ServiceSession):
     """What the deploy knows of Vault in this run: where it is, the CA to verify it by,
     the keys file, and (once read) its seal status. One per run, shared by all hosts."""
 
-    url: str
-    keys: KeysFile
-    orchestrator: Any  # the pyinfra host
-    ca_path: str
-    ca_pem: str | None = None
     status: dict[str, Any] | None = None
     skip_reason: str | None = None
     status_read: bool = False
@@ -395,9 +390,7 @@ class Session:
 
     def read_status(self) -> dict[str, Any] | None:
         """Seal status at plan time; None when Vault cannot be read yet."""
-        if self.ca_pem is None:
-            self.ca_pem = fact_once(self.orchestrator, FileText, path=self.ca_path)
-        if self.ca_pem is None:
+        if not self.plan_time_ca():
             return None
         try:
             self.status = self.api().seal_status()
@@ -405,14 +398,6 @@ class Session:
             self.status = None
         self.status_read = True
         return self.status
-
-    def ca_at_run_time(self) -> None:
-        ok, output = self.orchestrator.run_shell_command(f"cat -- {q(self.ca_path)}")
-        text = "\n".join(output.stdout_lines).strip()
-        if not ok or "BEGIN CERTIFICATE" not in text:
-            raise OperationError(f"could not read the platform CA {self.ca_path} on "
-                                 f"{self.orchestrator.name}")
-        self.ca_pem = text + "\n"
 
     def admin(self) -> VaultAPI:
         doc = self.keys.load()

@@ -1,34 +1,45 @@
 """A small client for the Vault HTTP API (the same API OpenBao serves), used by the deploy on
 the control machine: read state, compare, write only what differs.
 
-Stdlib only, no proxy (a secret never travels through one), TLS verified against the
-platform CA. Errors name the method, the path and Vault's own error strings, never a request
-body or a token. Every call is counted, so a no-change re-apply can be measured.
+hvac's adapter (`hvac.adapters.RawAdapter`) makes each request: the X-Vault-Token and
+X-Vault-Request headers, the URL under /v1/, over the shared session (infra/http_api.py:
+TLS verified against the platform CA, no proxy, nothing from the environment). Two things
+of hvac are not used, on purpose:
+- its exceptions: they carry no status code (412, 472, 473 and any other unlisted status
+  all become UnexpectedError), and the deploy branches on it (`ok=` statuses, a 403 that
+  means "revoked", sys/health's standby codes). The adapter is called with
+  raise_exception=False and the answer's status and Vault's own `errors` make a
+  VaultAPIError;
+- its typed methods (hvac.Client.sys, .auth.token, .secrets.kv): the deploy reads Vault's
+  raw answers and compares them with what it wants (mounts, policies, token roles, KV
+  data), on paths the rest of the deploy names (`get("sys/mounts")`, `put(path, body)`),
+  and several typed methods answer differently from the raw paths (a KV v2 read raising on
+  404, token roles taking other parameter names).
+
+Errors name the method, the path and Vault's own error strings, never a request body or a
+token. Every call is counted, so a no-change re-apply can be measured.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 import time
-import urllib.error
-import urllib.request
 from typing import Any
+
+import hvac.adapters
+import requests
+
+from .http_api import APIError, Client, unreachable
 
 KV_UPGRADING = "Upgrading from non-versioned to versioned data"
 UPGRADE_WAIT_S = 30.0
 
 
-class VaultAPIError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int | None, detail: str):
-        where = f"{method} {path}"
-        super().__init__(f"Vault API {where}: " + (f"HTTP {status}: {detail}" if status
-                                                    else detail))
-        self.status = status
-        self.path = path
+class VaultAPIError(APIError):
+    service = "Vault API"
 
 
-class VaultAPI:
+class VaultAPI(Client):
     """
     + url: e.g. https://10.237.0.2:8200
     + ca_pem: the CA certificate(s) that signed the server's certificate, as PEM text;
@@ -38,21 +49,14 @@ class VaultAPI:
 
     calls = 0  # across every client of this process: the deploy's API-call count
 
-    def __init__(self, url: str, ca_pem: str | None = None, token: str | None = None,
-                 timeout_s: float = 10.0):
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout_s = timeout_s
-        context = ssl.create_default_context(cadata=ca_pem) if ca_pem else \
-            ssl.create_default_context()
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    def _bind(self) -> None:
+        def adapter(token: str | None) -> hvac.adapters.RawAdapter:
+            # No redirects: the token goes to the server named, nowhere else.
+            return hvac.adapters.RawAdapter(base_uri=self.url, token=token,
+                                            timeout=self.timeout_s, session=self.session,
+                                            allow_redirects=False)
 
-    def with_token(self, token: str | None) -> VaultAPI:
-        other = object.__new__(VaultAPI)
-        other.__dict__.update(self.__dict__)
-        other.token = token
-        return other
+        self._adapters = {True: adapter(self.token), False: adapter(None)}
 
     def request(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (),
                 authenticated: bool = True) -> dict[str, Any] | None:
@@ -71,27 +75,22 @@ class VaultAPI:
 
     def _request(self, method: str, path: str, body: Any, ok: tuple[int, ...],
                  authenticated: bool) -> dict[str, Any] | None:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.url}/v1/{path.lstrip('/')}", data=data,
-                                     method=method)
-        req.add_header("Content-Type", "application/json")
-        if authenticated and self.token:
-            req.add_header("X-Vault-Token", self.token)
-        VaultAPI.calls += 1
+        self.counted()
         try:
-            with self._opener.open(req, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
+            answer = self._adapters[authenticated].request(
+                method, f"/v1/{path.lstrip('/')}", raise_exception=False,
+                headers={"Content-Type": "application/json"},
+                data=None if body is None else json.dumps(body).encode())
+        except requests.RequestException as exc:
+            raise VaultAPIError(method, path, None, unreachable(exc)) from None
+        if answer.status_code >= 300:  # a redirect too: a standby, or not the server named
+            if answer.status_code in ok:
                 return None
-            raise VaultAPIError(method, path, exc.code, _errors(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise VaultAPIError(method, path, None, f"unreachable: {reason}") from None
-        if not raw:
+            raise VaultAPIError(method, path, answer.status_code, _errors(answer)) from None
+        if not answer.content:
             return None
         try:
-            return json.loads(raw)
+            return answer.json()
         except ValueError:
             raise VaultAPIError(method, path, None, "answer is not JSON") from None
 
@@ -108,10 +107,10 @@ class VaultAPI:
         return self.get("sys/seal-status", authenticated=False) or {}
 
 
-def _errors(exc: urllib.error.HTTPError) -> str:
+def _errors(answer: requests.Response) -> str:
     try:
-        errors = json.loads(exc.read() or b"{}").get("errors") or []
+        errors = json.loads(answer.content or b"{}").get("errors") or []
     except (ValueError, AttributeError):
         errors = []
     # Vault's error strings name paths and permissions, never a request's values.
-    return "; ".join(str(e)[:300] for e in errors) or exc.reason or "no detail"
+    return "; ".join(str(e)[:300] for e in errors) or answer.reason or "no detail"

@@ -307,7 +307,7 @@ def backend(request, tmp_path):
         # Stop and purge the test's job: nothing of it stays in a cluster someone uses.
         import nomad.api as client_api
 
-        client_api.Job(address=api.url, token=api.token, verify=api._ca_file if ca else True
+        client_api.Job(address=api.url, token=api.token, verify=True, session=api.session
                        ).deregister_job(found.job_id, purge=True)
         return
     double = NomadDouble().start()
