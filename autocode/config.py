@@ -27,8 +27,6 @@ Optional (default):
                                             e.g. {claude-code: /usr/local/bin/claude}
   agent_extra_args:   []                    extra arguments for the agent CLI
   orchestrator_url:   (none)                http(s) URL of the orchestrator
-  vault_addr:         (none)                https URL of Vault, when the secrets component
-                                            is deployed; vault_cacert: the CA file to trust
 
 The environment overrides three of them, as the Nomad job and the systemd unit set them:
 DAILY_BUDGET (daily_budget_usd), PROJECT_ID (project_id), ORCHESTRATOR_URL
@@ -50,6 +48,7 @@ Task file (JSON, one task)
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -62,6 +61,7 @@ import yaml
 
 from autocode.agents.factory import AgentFactory
 from autocode.agents.types import TASK_ID_PATTERN, AgentConfig, Task
+from autocode.problems import Problems
 
 DEFAULT_CONFIG_PATH = Path("/etc/autocode/worker.yaml")
 DEFAULT_DATA_ROOT = Path("/mnt/data/autocode")
@@ -70,11 +70,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` admi
 
 class ConfigError(ValueError):
     """Invalid worker.yaml; the message lists every problem with its fix, and `problems`
-    holds them as (setting, text) pairs."""
+    holds them (autocode/problems.py; each unpacks as (setting, text))."""
 
-    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
+    def __init__(self, message: str, problems: Problems | None = None):
         super().__init__(message)
-        self.problems = problems or []
+        self.problems = problems if problems is not None else Problems()
 
 
 class TaskFileError(ValueError):
@@ -104,8 +104,6 @@ class WorkerConfig:
     agent_binaries: dict[str, str] = field(default_factory=dict)
     agent_extra_args: tuple[str, ...] = ()
     orchestrator_url: str | None = None
-    vault_addr: str | None = None
-    vault_cacert: Path | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -173,20 +171,47 @@ def load_worker_config(path: Path | str, environ: dict[str, str] | None = None,
     return parse_worker_config(raw, source=str(path), origins=origins)
 
 
+# The limits worker.yaml takes: name -> (type, whether 0 is allowed).
+LIMITS = {"task_timeout_s": (float, False), "kill_grace_s": (float, True),
+          "max_turns": (int, False), "max_output_mb": (int, False),
+          "poll_interval_s": (float, False), "cleanup_after_days": (float, False)}
+
+
+def check_limit(problems: Problems, field: str, value: Any, kind: type, zero_ok: bool
+                ) -> bool:
+    """A limit: a number (an int where `kind` is int) > 0, or >= 0 with `zero_ok`."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        ok = ok and isinstance(value, int)
+    if ok and value > 0 or ok and zero_ok and value == 0:
+        return True
+    wanted = "an integer" if kind is int else "a number"
+    problems.add(field, f"{value!r} is not valid", f"use {wanted} {'>= 0' if zero_ok else '> 0'}")
+    return False
+
+
+def check_url(problems: Problems, field: str, value: Any, schemes: tuple[str, ...],
+              example: str, what: str | None = None) -> bool:
+    """A URL of one of `schemes`, with a host; `what` says what it is in the message."""
+    parsed = urlparse(str(value))
+    if parsed.scheme in schemes and parsed.netloc:
+        return True
+    what = what or f"a {' or '.join(schemes)} URL"
+    problems.add(field, f"{value!r} is not {what}", f"write e.g. {example}")
+    return False
+
+
 def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
                         origins: dict[str, str] | None = None,
                         on_host: bool = True) -> WorkerConfig:
     """Check every setting; `origins` names where an overridden setting came from.
     Off the host (`on_host` False: the deploy checking a file before sending it), the
     folders and files it names are not looked for."""
-    problems: list[str] = []
-    pairs: list[tuple[str, str]] = []
+    problems = Problems()
     values: dict[str, Any] = {}
 
     def problem(name: str, text: str) -> None:
-        origin = (origins or {}).get(name)
-        problems.append(f"{name}{f' (from {origin})' if origin else ''}: {text}")
-        pairs.append((name, text))
+        problems.add(name, text)
 
     for name in sorted(set(raw) - _KNOWN):
         problem(str(name), f"unknown setting; valid settings: {', '.join(sorted(_KNOWN))}")
@@ -232,10 +257,8 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
 
     endpoint = raw.get("model_endpoint")
     if endpoint is not None:
-        parsed = urlparse(str(endpoint))
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            problem("model_endpoint", f"{endpoint!r} is not an http(s) URL; "
-                                      "write e.g. http://orchestrator:8000/v1")
+        check_url(problems, "model_endpoint", endpoint, ("http", "https"),
+                  "http://orchestrator:8000/v1", "an http(s) URL")
         values["model_endpoint"] = str(endpoint)
     if raw.get("model_name") is not None:
         values["model_name"] = str(raw["model_name"])
@@ -246,39 +269,13 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
                                           "the setting")
         values["model_api_key_file"] = key_file
 
-    for name, schemes, example in (("orchestrator_url", ("http", "https"), "http://10.0.1.1"),
-                                   ("vault_addr", ("https",), "https://10.0.1.1:8200")):
-        if raw.get(name) is not None:
-            parsed = urlparse(str(raw[name]))
-            if parsed.scheme not in schemes or not parsed.netloc:
-                problem(name, f"{raw[name]!r} is not a {' or '.join(schemes)} URL; write e.g. "
-                              f"{example}")
-            values[name] = str(raw[name])
-    if raw.get("vault_cacert") is not None:
-        cacert = Path(str(raw["vault_cacert"]))
-        if on_host and not cacert.is_file():
-            problem("vault_cacert", f"{cacert} does not exist; deploy the platform CA or "
-                                    "remove the setting")
-        values["vault_cacert"] = cacert
-    if raw.get("vault_addr") is not None and raw.get("vault_cacert") is None:
-        problem("vault_cacert", "required with vault_addr: the CA that signed Vault's "
-                                "certificate")
-
-    for name, kind, zero_ok in (("task_timeout_s", float, False), ("kill_grace_s", float, True),
-                                ("max_turns", int, False), ("max_output_mb", int, False),
-                                ("poll_interval_s", float, False),
-                                ("cleanup_after_days", float, False)):
-        if name in raw:
-            value = raw[name]
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if kind is int:
-                ok = ok and isinstance(value, int)
-            if not ok or value < 0 or (value == 0 and not zero_ok):
-                wanted = "an integer" if kind is int else "a number"
-                bound = ">= 0" if zero_ok else "> 0"
-                problem(name, f"{value!r} is not valid; use {wanted} {bound}")
-            else:
-                values[name] = kind(value)
+    if raw.get("orchestrator_url") is not None:
+        check_url(problems, "orchestrator_url", raw["orchestrator_url"], ("http", "https"),
+                  "http://10.0.1.1")
+        values["orchestrator_url"] = str(raw["orchestrator_url"])
+    for name, (kind, zero_ok) in LIMITS.items():
+        if name in raw and check_limit(problems, name, raw[name], kind, zero_ok):
+            values[name] = kind(raw[name])
 
     binaries = raw.get("agent_binaries") or {}
     if not isinstance(binaries, dict):
@@ -306,7 +303,11 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
             problem(name, f"{raw[name]} must be an absolute path")
 
     if problems:
-        raise ConfigError(f"{source} is invalid:\n  - " + "\n  - ".join(problems), pairs)
+        lines = []
+        for p in problems:
+            origin = (origins or {}).get(p.field)
+            lines.append(f"{p.field}{f' (from {origin})' if origin else ''}: {p.text}")
+        raise ConfigError(f"{source} is invalid:\n  - " + "\n  - ".join(lines), problems)
 
     artifacts = Path(str(raw.get("artifacts_dir") or
                          data_root / "worker-artifacts" / values["worker_id"]))

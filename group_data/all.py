@@ -1,6 +1,7 @@
-"""Defaults for every host: the settings each component declares in its module in tasks/
-(`COMPONENT.settings`). An inventory overrides any of them (its `data:` sections)."""
+"""Defaults for every host: the fields of each component's settings model
+(settings/<component>.py), collected by infra/components.py. An inventory overrides any of
+them (its `data:` sections)."""
 
-from infra.components import settings as _settings
+from roles import CATALOGUE as _CATALOGUE
 
-globals().update(_settings())
+globals().update(_CATALOGUE.settings())

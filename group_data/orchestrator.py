@@ -1,6 +1,6 @@
-"""Defaults for the orchestrator: its components' role settings, and the system accounts
-and data tree they declare (collected by infra/components.py)."""
+"""Defaults for the orchestrator: its components' settings for this role only, and the
+system accounts and data tree they declare (collected by infra/components.py)."""
 
-from infra.components import role_settings as _role_settings
+from roles import CATALOGUE as _CATALOGUE
 
-globals().update(_role_settings("orchestrator"))
+globals().update(_CATALOGUE.role_settings("orchestrator"))

@@ -1,6 +1,6 @@
-"""Defaults for workers: their components' role settings, and the system accounts and
-data tree they declare (collected by infra/components.py)."""
+"""Defaults for workers: their components' settings for this role only, and the system
+accounts and data tree they declare (collected by infra/components.py)."""
 
-from infra.components import role_settings as _role_settings
+from roles import CATALOGUE as _CATALOGUE
 
-globals().update(_role_settings("worker"))
+globals().update(_CATALOGUE.role_settings("worker"))

@@ -16,10 +16,11 @@ from pyinfra import host
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import server
 
+from autocode.problems import Problems
+
 from .facts import PathStates, q
 from .operations import file_content
 from .render import render
-from .validation import Problems
 
 FINGERPRINT = re.compile(r"[0-9A-F]{40}")
 
@@ -49,10 +50,12 @@ class Repository:
     setting: str
 
 
-def check_fingerprint(problems: Problems, field: str, value, example: str) -> None:
-    if not (isinstance(value, str) and FINGERPRINT.fullmatch(value)):
-        problems.add(field, f"{value!r} is not a key fingerprint; give the 40 hex digits "
-                     f"(upper case, no spaces) that `gpg --show-keys` prints, e.g. {example}")
+def check_fingerprint(problems: Problems, field: str, value, example: str) -> bool:
+    if isinstance(value, str) and FINGERPRINT.fullmatch(value):
+        return True
+    problems.add(field, f"{value!r} is not a key fingerprint", "give the 40 hex digits "
+                 f"(upper case, no spaces) that `gpg --show-keys` prints, e.g. {example}")
+    return False
 
 
 def sources_text(repo: Repository, codename: str) -> str:

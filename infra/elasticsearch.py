@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from pyinfra import host
 from pyinfra import logger as log
 from pyinfra.api import FunctionCommand, OperationError, operation
 
@@ -263,7 +264,6 @@ def elasticsearch_objects(api: ElasticsearchAPI, objects: tuple, wait_s: float =
         log.warning(f"Elasticsearch: {exc}; planned as if empty")
         todo = None
     if todo == []:
-        from pyinfra import host
         host.noop(f"Elasticsearch: {len(objects)} policies, templates, streams and the "
                   "snapshot repository as wanted")
         return

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from .apt_repository import FINGERPRINT, Repository, check_fingerprint
 from .apt_repository import apt_repository as signed_apt_repository
-from .validation import Problems
 
 KEYRING = "/usr/share/keyrings/hashicorp-archive-keyring.gpg"
 SOURCES = "/etc/apt/sources.list.d/hashicorp.sources"
@@ -26,27 +25,11 @@ REPOSITORY = Repository(
     components="main",
     header="# Managed by autocode (infra/hashicorp.py): HashiCorp's packages (Vault, Nomad).",
     setting="hashicorp_apt_key_fingerprint")
-__all__ = ["FINGERPRINT", "KEY_FINGERPRINT", "REPOSITORY", "apt_repository", "check"]
+__all__ = ["FINGERPRINT", "KEY_FINGERPRINT", "REPOSITORY", "apt_repository",
+           "check_fingerprint"]
 
 
-def key_fingerprint(data) -> str:
-    return data.get("vault_apt_key_fingerprint") or data.get("hashicorp_apt_key_fingerprint")
-
-
-def check(problems: Problems, data) -> None:
-    for field in ("hashicorp_apt_key_fingerprint", "vault_apt_key_fingerprint"):
-        value = data.get(field)
-        if value is None and field == "vault_apt_key_fingerprint":
-            continue
-        check_fingerprint(problems, field, value, KEY_FINGERPRINT)
-    old, new = data.get("vault_apt_key_fingerprint"), data.get("hashicorp_apt_key_fingerprint")
-    if old and new not in (old, KEY_FINGERPRINT):
-        problems.add("vault_apt_key_fingerprint", "differs from hashicorp_apt_key_fingerprint, "
-                     "and one keyring serves every HashiCorp package; set only "
-                     "hashicorp_apt_key_fingerprint")
-
-
-def apt_repository(data):
-    """HashiCorp's signing key (kept only when it is the pinned one) and the sources file;
-    returns the sources file's operation, whose change means `apt update`."""
-    return signed_apt_repository(REPOSITORY, key_fingerprint(data))
+def apt_repository(fingerprint: str):
+    """HashiCorp's signing key (kept only when it is the pinned one: `fingerprint`) and the
+    sources file; returns the sources file's operation, whose change means `apt update`."""
+    return signed_apt_repository(REPOSITORY, fingerprint)

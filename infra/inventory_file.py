@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from .components import check_host
+from .components import Catalogue
 from .errors import InventoryError
 
 LAB_INVENTORY = Path(os.environ.get("AUTOCODE_LAB_DIR", "/var/lib/autocode-lab")) / "inventory.yaml"
@@ -64,8 +64,9 @@ def group_defaults(group: str) -> dict[str, Any]:
     return merged
 
 
-def load(path: Path | None = None) -> dict[str, list]:
-    """Return pyinfra groups {'orchestrator': [...], 'workers': [...]} or raise."""
+def load(catalogue: Catalogue, path: Path | None = None) -> dict[str, list]:
+    """Return pyinfra groups {'orchestrator': [...], 'workers': [...]} or raise, every host
+    checked against the catalogue's components (roles.CATALOGUE)."""
     path = path or inventory_path()
     if not path.is_file():
         raise InventoryError(str(path), [
@@ -78,11 +79,11 @@ def load(path: Path | None = None) -> dict[str, list]:
     except yaml.YAMLError as exc:
         raise InventoryError(str(path), [f"not valid YAML: {exc}"]) from None
     problems: list[str] = []
-    hosts = _parse(doc, problems)
+    hosts = parse_hosts(doc, problems)
     if not problems:
         _check_cross_host(hosts, problems)
         for name, role, data in hosts:
-            problems += check_host(name, role, {**group_defaults(GROUPS[role]), **data})
+            problems += catalogue.check_host(name, role, {**group_defaults(GROUPS[role]), **data})
     if problems:
         raise InventoryError(str(path), problems)
     groups: dict[str, list] = {"orchestrator": [], "workers": []}
@@ -91,7 +92,9 @@ def load(path: Path | None = None) -> dict[str, list]:
     return groups
 
 
-def _parse(doc: Any, problems: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+def parse_hosts(doc: Any, problems: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, role, host data) of each host of an inventory document, its problems added to
+    `problems`; settings are not checked here (Catalogue.check_host does)."""
     if not isinstance(doc, dict):
         problems.append("the file must be a mapping with 'orchestrator' and 'workers'")
         return []

@@ -28,6 +28,8 @@ from .facts import (
     fact_once,
     live_ruleset_digest_command,
     q,
+    read_items,
+    reads,
 )
 
 UNIT_DIR = "/etc/systemd/system"
@@ -38,6 +40,11 @@ STAGING = "/run/autocode-deploy"
 
 def digest(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def _unit_items(units) -> tuple[tuple[str, str, str], ...]:
+    """UnitStates' items: each unit with its file and its start record."""
+    return tuple((u, f"{UNIT_DIR}/{u}", f"{UNIT_MARKERS}/{u}") for u in units)
 
 
 def _mode(mode: str | int) -> str:
@@ -62,6 +69,7 @@ def _upload(text: str | bytes, dest: str, user: str, group: str, mode: str):
     yield f"mv -f {q(staged)} {q(dest)}"
 
 
+@reads(PathStates, lambda a: a["batch"] or (a["path"],))
 @operation()
 def directory(path: str, user: str, group: str, mode: str, batch: tuple[str, ...] = ()):
     """A folder with this owner and mode.
@@ -74,7 +82,7 @@ def directory(path: str, user: str, group: str, mode: str, batch: tuple[str, ...
     paths = tuple(batch) or (path,)
     if path not in paths:
         raise OperationError(f"directory {path}: batch must include the path itself")
-    state = fact_once(host, PathStates, paths=paths).get(path)
+    state = read_items(host, PathStates, paths=paths).get(path)
     if state is None:
         yield f"install -d -o {q(user)} -g {q(group)} -m {q(mode)} {q(path)}"
         return
@@ -87,6 +95,7 @@ def directory(path: str, user: str, group: str, mode: str, batch: tuple[str, ...
     yield from changes
 
 
+@reads(PathStates, lambda a: a["batch"] or (a["path"],))
 @operation()
 def file_content(path: str, text: str, user: str = "root", group: str = "root",
                  mode: str = "644", batch: tuple[str, ...] = ()):
@@ -98,7 +107,7 @@ def file_content(path: str, text: str, user: str = "root", group: str = "root",
     + batch: paths (including this one) read with one fact, as for `directory`
     """
     paths = tuple(batch) or (path,)
-    state = fact_once(host, PathStates, paths=paths).get(path)
+    state = read_items(host, PathStates, paths=paths).get(path)
     # A symlink is replaced by the file (resolv.conf often is one); a folder is not.
     if state is not None and state["type"] not in ("file", "link"):
         raise OperationError(f"{path} is a {state['type']}, not a file; move it away and "
@@ -164,6 +173,7 @@ def synced_folder(path: str, files: Mapping[str, str | Path], user: str = "root"
         host.noop(f"{path} holds exactly its {len(files)} files")
 
 
+@reads(PathStates, lambda a: a["batch"] or (a["path"],))
 @operation()
 def made_once(path: str, command: str, user: str, group: str, mode: str,
               batch: tuple[str, ...] = ()):
@@ -175,7 +185,7 @@ def made_once(path: str, command: str, user: str, group: str, mode: str,
     + user, group, mode: its owner and mode
     + batch: paths (including this one) read with one fact, as for `directory`
     """
-    state = fact_once(host, PathStates, paths=tuple(batch) or (path,)).get(path)
+    state = read_items(host, PathStates, paths=tuple(batch) or (path,)).get(path)
     if state is None:
         yield command
         yield f"chown {q(user)}:{q(group)} {q(path)} && chmod {q(mode)} {q(path)}"
@@ -186,6 +196,7 @@ def made_once(path: str, command: str, user: str, group: str, mode: str,
     yield from changes
 
 
+@reads(PathStates, lambda a: (a["path"], *sorted(a["then_creates"] or {})))
 @operation()
 def file_from_host(source: str, source_path: str, path: str, user: str = "root",
                    group: str = "root", mode: str = "644", must_contain: str | None = None,
@@ -202,7 +213,7 @@ def file_from_host(source: str, source_path: str, path: str, user: str = "root",
     """
     source_host = host.state.inventory.get_host(source)
     text = fact_once(source_host, FileText, path=source_path)
-    mine = fact_once(host, PathStates, paths=(path, *sorted(then_creates or {})))
+    mine = read_items(host, PathStates, paths=(path, *sorted(then_creates or {})))
     links_missing = any((mine.get(link) or {}).get("target") != target
                         for link, target in (then_creates or {}).items())
     if text is None:
@@ -242,6 +253,7 @@ def _copy_between_hosts(state, host, source, source_path, path, user, group, mod
         raise OperationError(f"could not install {path} on {host.name}")
 
 
+@reads(UnitStates, lambda a: _unit_items(a["batch"] or (a["unit"],)))
 @operation()
 def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] | None = None,
                  restart_when: tuple = (), check_command: str | None = None,
@@ -277,8 +289,7 @@ def systemd_unit(unit: str, text: str | None = None, inputs: Mapping[str, str] |
     units = tuple(batch) or (unit,)
     if unit not in units:
         raise OperationError(f"systemd_unit {unit}: batch must include the unit itself")
-    state = fact_once(host, UnitStates, units=tuple(
-        (u, f"{UNIT_DIR}/{u}", f"{UNIT_MARKERS}/{u}") for u in units))[unit]
+    state = read_items(host, UnitStates, units=_unit_items(units))[unit]
     changed = text is not None and state["unit"] != want_unit
     if changed:
         staged = f"{STAGING}/{unit}"
@@ -317,6 +328,7 @@ def _san(name: str) -> str:
         return f"DNS:{name}"
 
 
+@reads(PathStates, lambda a: a["batch"] or (a["cert"], a["key"]))
 @operation()
 def signed_certificate(cert: str, key: str, ca_cert: str, ca_key: str, common_name: str,
                        names: tuple[str, ...], user: str, group: str, days: int = 365,
@@ -363,7 +375,7 @@ def _certificate_kept(cert, key, ca_cert, names, sans, user, group, renew_days, 
              and state["sans"] == want_sans and state["end"] > time.time() + renew_days * 86400)
     if not fresh:
         return False
-    files = fact_once(host, PathStates, paths=tuple(batch) or (cert, key))
+    files = read_items(host, PathStates, paths=tuple(batch) or (cert, key))
     changes = [*_attributes(cert, files[cert], user, group, "644"),
                *_attributes(key, files[key], user, group, "640")]
     if not changes:
@@ -529,6 +541,7 @@ def default_gateway(gateway: str):
     yield f"ip -4 route replace default via {q(gateway)}"
 
 
+@reads(PathStates, lambda a: (a["path"],))
 @operation()
 def checked_config(path: str, text: str, check_command: str, user: str, group: str,
                    mode: str):
@@ -540,7 +553,7 @@ def checked_config(path: str, text: str, check_command: str, user: str, group: s
     + check_command: validates a candidate, e.g. `tool check --config {}`
     + user, group, mode: owner and mode of the file
     """
-    state = fact_once(host, PathStates, paths=(path,)).get(path)
+    state = read_items(host, PathStates, paths=(path,)).get(path)
     if state is not None and state["sha256"] == digest(text) and \
             (state["user"], state["group"], _mode(state["mode"])) == (user, group, _mode(mode)):
         host.noop(f"{path} is as wanted")
@@ -555,6 +568,7 @@ def checked_config(path: str, text: str, check_command: str, user: str, group: s
            "exit 1; fi")
 
 
+@reads(UnitStates, lambda a: _unit_items((a["unit"],)))
 @operation()
 def unit_removed(unit: str):
     """A unit something else replaces (another runner): stopped, disabled, its file and
@@ -562,8 +576,7 @@ def unit_removed(unit: str):
 
     + unit: the unit's name
     """
-    state = fact_once(host, UnitStates, units=(
-        (unit, f"{UNIT_DIR}/{unit}", f"{UNIT_MARKERS}/{unit}"),))[unit]
+    state = read_items(host, UnitStates, units=_unit_items((unit,)))[unit]
     if state["unit"] is None and state["active"] != "active":
         host.noop(f"{unit} is not installed")
         return

@@ -3,8 +3,6 @@ hands it, and a missing variable is an error, not an empty string."""
 
 from __future__ import annotations
 
-import hashlib
-from io import StringIO
 from pathlib import Path
 
 import jinja2
@@ -23,10 +21,3 @@ _env = jinja2.Environment(
 def render(template: str, **context) -> str:
     return _env.get_template(template).render(**context)
 
-
-def as_file(text: str) -> StringIO:
-    return StringIO(text)
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

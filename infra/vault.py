@@ -33,7 +33,7 @@ from pyinfra.api import FunctionCommand, OperationError, operation
 
 from . import keys_file
 from .control_api import ServiceSession, per_stage, reported
-from .facts import FileText, PathStates, fact_once, q
+from .facts import FileText, PathStates, fact_once, q, read_items, reads
 from .vault_api import VaultAPI, VaultAPIError
 
 log = logging.getLogger("pyinfra")
@@ -626,6 +626,7 @@ def _prune_at_run_time(state, host, vault: Session, prefix, keep) -> None:
         host.log(f"Vault: removed {', '.join(sorted(set(found['policies'] + found['roles'])))}")
 
 
+@reads(PathStates, lambda a: a["batch"] or (a["path"], a["record"]))
 @operation()
 @_reported
 def vault_token_file(vault: Session, path: str, owner: str, group: str, role: str,
@@ -647,7 +648,7 @@ def vault_token_file(vault: Session, path: str, owner: str, group: str, role: st
     if _skip(vault, f"token {path}"):
         return
     recorded = _parse_record(fact_once(current_host, FileText, path=record))
-    files = fact_once(current_host, PathStates, paths=tuple(batch) or (path, record))
+    files = read_items(current_host, PathStates, paths=tuple(batch) or (path, record))
     have = files.get(path)
     if vault.usable():
         why = token_health(vault.admin(), recorded.get("accessor"), policy, period_hours)

@@ -1,6 +1,7 @@
 """The orchestrator: the workers' gateway and egress proxy, their DNS forwarder, secrets,
 logs, the Nomad server and model serving."""
 
+from infra.components import Catalogue
 from tasks import (
     backup,
     base,
@@ -26,6 +27,6 @@ COMPONENTS = [base, network, dns, platform_ca, runtime, elasticsearch, mitmproxy
               vault, nomad, serving, log_forwarding, filebeat, backup]
 
 
-def apply() -> None:
+def apply(catalogue: Catalogue) -> None:
     for component in COMPONENTS:
-        component.orchestrator()
+        component.orchestrator(catalogue)

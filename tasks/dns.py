@@ -3,17 +3,18 @@ and workers that resolve only through it."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import Link
 from pyinfra.operations import apt
 
 from infra.component import Component
+from infra.components import Catalogue
 from infra.operations import digest, directory, file_content, systemd_unit
 from infra.render import render
-from infra.validation import Problems, check_string_list
+from settings.base import Base
+from settings.dns import Dns
+from settings.inventory import Addresses
 
 DNSMASQ_CONF = "/etc/dnsmasq.d/autocode.conf"
 LOGROTATE = "/etc/logrotate.d/autocode-dnsmasq"
@@ -23,43 +24,25 @@ DNSMASQ_TEST = ("dnsmasq --test -C /etc/dnsmasq.conf "
 RESOLVED_STUB = "../run/systemd/resolve/stub-resolv.conf"
 
 
-def check(problems: Problems, role: str, data) -> None:
-    for server in check_string_list(problems, "dns_upstreams", data.get("dns_upstreams"),
-                                    "[9.9.9.9]"):
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            problems.add("dns_upstreams", f"{server!r} is not an IP address; list the "
-                         "upstream resolvers' addresses, e.g. [9.9.9.9, 1.1.1.1]")
-
-
 COMPONENT = Component(
     name="dns",
-    settings={
-        "dns_port": 53,
-        # Upstream resolvers for the orchestrator's forwarder; empty: its resolv.conf's.
-        "dns_upstreams": [],
-    },
-    check=check,
-    worker_ports=lambda data: [data["dns_port"]],  # TCP, beside UDP: large answers
+    settings=Dns,
+    worker_ports=lambda dns: [dns.dns_port],  # TCP, beside UDP: large answers
 )
 
 
-def query_log_dir(data) -> str:
-    return f"{data.data_root}/logs/traffic/dns"
-
-
 @deploy("DNS forwarder")
-def orchestrator() -> None:
-    data = host.data
-    log_dir = query_log_dir(data)
+def orchestrator(catalogue: Catalogue) -> None:
+    dns, base = Dns.of(host), Base.of(host)
+    log_dir = dns.query_log_dir(base.data_root)
     log_file = f"{log_dir}/queries.log"
     apt.packages(name="dnsmasq", packages=["dnsmasq"])
     # Owned by the account the package creates, so not in the data tree base makes.
     directory(name=f"Folder {log_dir}", path=log_dir, user="dnsmasq",
-              group=data.service_user, mode="750")
-    conf = render("dns/dnsmasq-autocode.conf.j2", listen_address=data.orchestrator_address,
-                  dns_port=data.dns_port, log_file=log_file, upstreams=data.dns_upstreams)
+              group=base.service_user, mode="750")
+    conf = render("dns/dnsmasq-autocode.conf.j2",
+                  listen_address=Addresses.of(host).orchestrator_address,
+                  dns_port=dns.dns_port, log_file=log_file, upstreams=dns.dns_upstreams)
     batch = (DNSMASQ_CONF, LOGROTATE)
     conf_op = file_content(name="dnsmasq configuration", path=DNSMASQ_CONF, text=conf,
                            batch=batch)
@@ -71,8 +54,8 @@ def orchestrator() -> None:
 
 
 @deploy("DNS resolver")
-def worker() -> None:
-    nameserver = host.data.orchestrator_address
+def worker(catalogue: Catalogue) -> None:
+    nameserver = Addresses.of(host).orchestrator_address
     resolv = host.get_fact(Link, path="/etc/resolv.conf")
     if resolv and resolv.get("link_target") == RESOLVED_STUB:
         # systemd-resolved owns resolv.conf (Ubuntu): tell it, rather than fight it.

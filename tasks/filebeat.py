@@ -19,52 +19,39 @@
 
 from __future__ import annotations
 
-import re
-
 import yaml
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
+from infra.apt_repository import apt_repository
 from infra.component import Component
+from infra.components import Catalogue
 from infra.operations import digest, file_content, systemd_unit
 from infra.render import render
-from infra.validation import Problems, check_bool
-from tasks import elasticsearch
+from infra.settings import HostSettings
+from settings.base import Base
+from settings.elasticsearch import (
+    STREAMS,
+    Elasticsearch,
+    client_inputs,
+    credentials,
+    repository,
+)
+from settings.filebeat import Filebeat
 
 UNIT = "filebeat.service"
 CONFIG = "/etc/filebeat/filebeat.yml"
 CHECK = f"filebeat test config -c {CONFIG} --path.config /etc/filebeat"
-INDEX = elasticsearch.STREAMS["logs"]
+INDEX = STREAMS["logs"]
 FORWARDED = "forwarded"
 
-
-def check(problems: Problems, role: str, data) -> None:
-    check_bool(problems, "filebeat_enabled", data.get("filebeat_enabled"))
-    version = data.get("filebeat_version")
-    if not (isinstance(version, str) and re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version)):
-        problems.add("filebeat_version", f"{version!r} is not a version; pin one that "
-                     "Elastic's apt repository has, e.g. 8.19.0")
-    env = data.get("log_environment")
-    if not (isinstance(env, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", env)):
-        problems.add("log_environment", f"{env!r}: give a short name for this site's logs, "
-                     "e.g. production")
+COMPONENT = Component(name="filebeat", settings=Filebeat)
 
 
-COMPONENT = Component(
-    name="filebeat",
-    settings={
-        "filebeat_enabled": True,
-        "filebeat_version": "8.19.0",
-        # The `environment` field of every log event.
-        "log_environment": "production",
-    },
-    check=check,
-)
-
-
-def enabled(data) -> bool:
-    return bool(data.get("filebeat_enabled")) and data.get("elasticsearch_mode") != "none"
+def enabled(settings: HostSettings) -> bool:
+    return (settings[Filebeat].filebeat_enabled
+            and settings[Elasticsearch].elasticsearch_mode != "none")
 
 
 def _input(input_id: str, paths: list[str], service: str, environment: str,
@@ -86,10 +73,11 @@ def _input(input_id: str, paths: list[str], service: str, environment: str,
     return item
 
 
-def settings(data, api_key: str | None = None) -> dict:
-    """filebeat.yml as data, as the seed's "Filebeat Configuration" has it."""
-    root, env = data["data_root"], data["log_environment"]
-    target = elasticsearch.client(data)
+def config(settings: HostSettings, api_key: str | None = None) -> dict:
+    """filebeat.yml as data, as the seed's "Filebeat Configuration" has it; `api_key`: the
+    cluster's key in force, decoded (Filebeat takes `id:api_key`)."""
+    root, env = settings[Base].data_root, settings[Filebeat].log_environment
+    target = settings[Elasticsearch].client(api_key)
     workers_dir = f"{root}/logs/workers"
     inputs = [
         _input("autocode-orchestrator", [f"{root}/logs/orchestrator/**/*.log",
@@ -131,32 +119,29 @@ def settings(data, api_key: str | None = None) -> dict:
     }
 
 
-def render_config(data, api_key: str | None = None) -> str:
+def render_config(settings: HostSettings, api_key: str | None = None) -> str:
     return render("filebeat/filebeat.yml.j2",
-                  body=yaml.safe_dump(settings(data, api_key), sort_keys=False))
+                  body=yaml.safe_dump(config(settings, api_key), sort_keys=False))
 
 
 @deploy("Filebeat")
-def orchestrator() -> None:
-    data = host.data
-    if not enabled(data):
+def orchestrator(catalogue: Catalogue) -> None:
+    settings = HostSettings.of(host)
+    if not enabled(settings):
         return
-    sources = elasticsearch.elastic_repository(data)
-    package = apt.packages(name=f"Filebeat {data.filebeat_version}",
-                           packages=[f"filebeat={data.filebeat_version}"],
-                           update=sources.changed, cache_time=data.apt_cache_seconds)
-    d = data.dict()
-    key = elasticsearch.filebeat_api_key(d) if d.get("elasticsearch_mode") == "external" \
-        else None
-    config = render_config(d, key)
+    beat, es, base = settings[Filebeat], settings[Elasticsearch], settings[Base]
+    # Elastic's repository (one sources file, whichever of this and Elasticsearch asks).
+    sources = apt_repository(repository(es.elasticsearch_version),
+                             es.elastic_apt_key_fingerprint)
+    package = apt.packages(name=f"Filebeat {beat.filebeat_version}",
+                           packages=[f"filebeat={beat.filebeat_version}"],
+                           update=sources.changed, cache_time=base.apt_cache_seconds)
+    key = credentials(settings, host.state, inventory.get_group("orchestrator")[0])
+    text = render_config(settings, key.filebeat_key())
     # 0600: it may hold the cluster's API key.
-    config_op = file_content(name="filebeat.yml", path=CONFIG, text=config, user="root",
+    config_op = file_content(name="filebeat.yml", path=CONFIG, text=text, user="root",
                              group="root", mode="600")
     systemd_unit(name=f"Unit {UNIT}", unit=UNIT,
-                 inputs={"filebeat.yml": digest(config), "version": data.filebeat_version,
-                         **elasticsearch.client_inputs(d)},
+                 inputs={"filebeat.yml": digest(text), "version": beat.filebeat_version,
+                         **client_inputs(es, key)},
                  restart_when=(config_op, package), check_command=CHECK)
-
-
-def worker() -> None:
-    return None

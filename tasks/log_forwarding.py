@@ -26,8 +26,8 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
-from infra import components
 from infra.component import Component
+from infra.components import Catalogue
 from infra.operations import (
     certificate_signed_on_host,
     digest,
@@ -37,12 +37,15 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_bool, is_number
-from tasks import platform_ca
+from infra.settings import HostSettings
+from settings.base import Base
+from settings.elasticsearch import Elasticsearch
+from settings.inventory import Addresses
+from settings.log_forwarding import CONFDIR, LogForwarding
+from settings.platform_ca import CA_CERT, CA_KEY, TRUSTED_CA
 
 UNIT = "rsyslog.service"
 CHECK = "rsyslogd -N1 -f /etc/rsyslog.conf"
-CONFDIR = "/etc/autocode/rsyslog"
 WORKER_TABLE = f"{CONFDIR}/workers.json"
 TLS_CERT = f"{CONFDIR}/relp.crt"
 TLS_KEY = f"{CONFDIR}/relp.key"
@@ -50,57 +53,20 @@ RECEIVE_CONF = "/etc/rsyslog.d/10-autocode-receive.conf"
 FORWARD_CONF = "/etc/rsyslog.d/10-autocode-forward.conf"
 LOGROTATE = "/etc/logrotate.d/autocode-worker-logs"
 QUEUE_NAME = "autocode-forward"
-PROTOCOLS = {
-    "relp": "acknowledged, uncompressed (RELP's only compression is TLS's, which Debian's "
-            "TLS libraries do not do)",
-    "tcp": "syslog over TCP, each line zlib-compressed, not acknowledged",
-}
 # zlib level for `tcp`: level 6 gives nearly all of 9's saving on short lines, for less CPU.
 ZIP_LEVEL = 6
 
-
-def packages(data, tls: bool) -> list[str]:
-    """rsyslog's RELP module, or for TLS over plain syslog TCP its GnuTLS stream driver."""
-    extra = (["rsyslog-relp"] if data["log_forwarding_protocol"] == "relp"
-             else ["rsyslog-gnutls"] if tls else [])
-    return ["rsyslog", *extra, "logrotate"]
-
-
-def check(problems: Problems, role: str, data) -> None:
-    check_bool(problems, "log_forwarding_tls", data.get("log_forwarding_tls"))
-    protocol = data.get("log_forwarding_protocol")
-    if protocol not in PROTOCOLS:
-        problems.add("log_forwarding_protocol", f"{protocol!r}: choose one of "
-                     + "; ".join(f"{name} ({why})" for name, why in PROTOCOLS.items()))
-    size = data.get("log_forwarding_queue_max_mb")
-    if not (is_number(size) and int(size) == size and 16 <= size <= 1024 * 1024):
-        problems.add("log_forwarding_queue_max_mb", f"{size!r}: give the most disk in MB a "
-                     "worker's queue may use while the orchestrator is away, from 16, e.g. "
-                     "1024")
-
-
 COMPONENT = Component(
     name="log_forwarding",
-    settings={
-        # On the orchestrator's worker address, for either protocol.
-        "log_forwarding_port": 2514,
-        # relp: acknowledged, uncompressed; tcp: compressed, unacknowledged (PROTOCOLS).
-        "log_forwarding_protocol": "relp",
-        # TLS with the platform CA when the role has it (tasks/platform_ca.py).
-        "log_forwarding_tls": True,
-        # Disk a worker's queue may fill while the orchestrator does not answer.
-        "log_forwarding_queue_max_mb": 1024,
-    },
-    check=check,
-    worker_ports=lambda data: [data["log_forwarding_port"]],
+    settings=LogForwarding,
+    worker_ports=lambda logs: [logs.log_forwarding_port],
     # Nobody else on the uplink but the management networks.
-    management_ports=lambda data: [data["log_forwarding_port"]],
+    management_ports=lambda logs: [logs.log_forwarding_port],
 )
 
 
-def uses_tls(data, role: str) -> bool:
-    return bool(data.get("log_forwarding_tls")) and any(
-        c.name == "platform_ca" for c in components.of_role(role))
+def uses_tls(logs: LogForwarding, catalogue: Catalogue, role: str) -> bool:
+    return logs.log_forwarding_tls and catalogue.has_certificate_authority(role)
 
 
 def worker_table(workers: dict[str, str]) -> str:
@@ -110,26 +76,28 @@ def worker_table(workers: dict[str, str]) -> str:
                       indent=1) + "\n"
 
 
-def logs_dir(data) -> str:
-    return f"{data['data_root']}/logs/workers"
+def logs_dir(data_root: str) -> str:
+    return f"{data_root}/logs/workers"
 
 
-def receive_config(data, tls: bool, peers: list[str]) -> str:
+def receive_config(settings: HostSettings, tls: bool, peers: list[str]) -> str:
     """`peers`: the workers' names, which their client certificates must carry (mutual
     TLS: librelp's GnuTLS offers no certificate cipher suites to anonymous clients)."""
-    return render("log_forwarding/receive.conf.j2", logs_dir=logs_dir(data),
-                  port=data["log_forwarding_port"], table=WORKER_TABLE,
-                  protocol=data["log_forwarding_protocol"],
-                  tls=tls, ca=platform_ca.CA_CERT, cert=TLS_CERT, key=TLS_KEY,
-                  peers=sorted(peers), group=data["service_user"])
+    logs, base = settings[LogForwarding], settings[Base]
+    return render("log_forwarding/receive.conf.j2", logs_dir=logs_dir(base.data_root),
+                  port=logs.log_forwarding_port, table=WORKER_TABLE,
+                  protocol=logs.log_forwarding_protocol,
+                  tls=tls, ca=CA_CERT, cert=TLS_CERT, key=TLS_KEY,
+                  peers=sorted(peers), group=base.service_user)
 
 
-def forward_config(data, target: str, peer: str, tls: bool) -> str:
-    return render("log_forwarding/forward.conf.j2", logs_dir=logs_dir(data), target=target,
-                  port=data["log_forwarding_port"], peer=peer, tls=tls,
-                  protocol=data["log_forwarding_protocol"], zip_level=ZIP_LEVEL,
-                  ca=platform_ca.TRUSTED_CA, cert=TLS_CERT, key=TLS_KEY, queue=QUEUE_NAME,
-                  queue_mb=int(data["log_forwarding_queue_max_mb"]))
+def forward_config(settings: HostSettings, target: str, peer: str, tls: bool) -> str:
+    logs, base = settings[LogForwarding], settings[Base]
+    return render("log_forwarding/forward.conf.j2", logs_dir=logs_dir(base.data_root),
+                  target=target, port=logs.log_forwarding_port, peer=peer, tls=tls,
+                  protocol=logs.log_forwarding_protocol, zip_level=ZIP_LEVEL,
+                  ca=TRUSTED_CA, cert=TLS_CERT, key=TLS_KEY, queue=QUEUE_NAME,
+                  queue_mb=logs.log_forwarding_queue_max_mb)
 
 
 def _orchestrator():
@@ -137,51 +105,48 @@ def _orchestrator():
 
 
 def _listen_address(orch) -> str:
-    return str(orch.data.get("worker_address") or orch.data.get("orchestrator_address")
-               or orch.data.ssh_hostname)
+    return Addresses.of(orch).gateway()
 
 
 @deploy("Worker logs: receiver")
-def orchestrator() -> None:
-    data = host.data
-    d = data.dict()
-    tls = uses_tls(d, "orchestrator")
-    apt.packages(name="rsyslog and its forwarding modules", packages=packages(d, tls),
-                 cache_time=data.apt_cache_seconds)
+def orchestrator(catalogue: Catalogue) -> None:
+    logs, base = LogForwarding.of(host), Base.of(host)
+    tls = uses_tls(logs, catalogue, "orchestrator")
+    apt.packages(name="rsyslog and its forwarding modules", packages=logs.packages(tls),
+                 cache_time=base.apt_cache_seconds)
     batch = (CONFDIR, WORKER_TABLE, TLS_CERT, TLS_KEY, RECEIVE_CONF, LOGROTATE)
     directory(name=f"Folder {CONFDIR}", path=CONFDIR, user="root", group="root", mode="750",
               batch=batch)
     restart_when = []
     if tls:
         # The name the workers check (tls.permittedPeer), and its addresses.
-        names = (host.name, _listen_address(host), str(data.ssh_hostname))
+        names = (host.name, _listen_address(host), str(Addresses.of(host).ssh_hostname))
         restart_when.append(signed_certificate(
             name="Log receiver's TLS certificate", cert=TLS_CERT, key=TLS_KEY,
-            ca_cert=platform_ca.CA_CERT, ca_key=platform_ca.CA_KEY, common_name=host.name,
+            ca_cert=CA_CERT, ca_key=CA_KEY, common_name=host.name,
             names=names, user="root", group="root", batch=batch))
     workers = {str(w.data.ssh_hostname): w.name for w in inventory.get_group("workers")}
     table = worker_table(workers)
-    config = receive_config(d, tls, list(workers.values()))
+    config = receive_config(HostSettings.of(host), tls, list(workers.values()))
     restart_when.append(file_content(name="Worker addresses to folders", path=WORKER_TABLE,
                                      text=table, mode="640", batch=batch))
     restart_when.append(file_content(name="rsyslog: receive worker logs", path=RECEIVE_CONF,
                                      text=config, batch=batch))
     file_content(name="logrotate for worker logs", path=LOGROTATE, batch=batch,
-                 text=render("log_forwarding/logrotate.j2", logs_dir=logs_dir(d),
-                             keep=d["log_retention_days"]))
+                 text=render("log_forwarding/logrotate.j2", logs_dir=logs_dir(base.data_root),
+                             keep=Elasticsearch.of(host).log_retention_days))
     systemd_unit(name="rsyslog running (receiver)", unit=UNIT,
                  inputs={"receive.conf": digest(config), "workers.json": digest(table)},
                  restart_when=tuple(restart_when), check_command=CHECK)
 
 
 @deploy("Worker logs: forwarder")
-def worker() -> None:
-    data = host.data
-    d = data.dict()
+def worker(catalogue: Catalogue) -> None:
+    logs, base = LogForwarding.of(host), Base.of(host)
     orch = _orchestrator()
-    tls = uses_tls(d, "worker")
-    apt.packages(name="rsyslog and its forwarding modules", packages=packages(d, tls),
-                 cache_time=data.apt_cache_seconds)
+    tls = uses_tls(logs, catalogue, "worker")
+    apt.packages(name="rsyslog and its forwarding modules", packages=logs.packages(tls),
+                 cache_time=base.apt_cache_seconds)
     batch = (CONFDIR, TLS_CERT, TLS_KEY, FORWARD_CONF)
     restart_when = []
     if tls:
@@ -190,12 +155,12 @@ def worker() -> None:
         # Its key is made here and never leaves; only the request visits the orchestrator.
         restart_when.append(certificate_signed_on_host(
             name="Log forwarder's TLS certificate", signer=orch.name,
-            signer_ca_cert=platform_ca.CA_CERT, signer_ca_key=platform_ca.CA_KEY,
-            cert=TLS_CERT, key=TLS_KEY, ca_cert=platform_ca.TRUSTED_CA, common_name=host.name,
-            names=(host.name, str(data.ssh_hostname)), user="root", group="root",
+            signer_ca_cert=CA_CERT, signer_ca_key=CA_KEY,
+            cert=TLS_CERT, key=TLS_KEY, ca_cert=TRUSTED_CA, common_name=host.name,
+            names=(host.name, str(Addresses.of(host).ssh_hostname)), user="root", group="root",
             # One worker at a time: the signings share the orchestrator's connection.
             batch=batch, _serial=True))
-    config = forward_config(d, _listen_address(orch), orch.name, tls)
+    config = forward_config(HostSettings.of(host), _listen_address(orch), orch.name, tls)
     restart_when.append(file_content(name="rsyslog: forward worker logs", path=FORWARD_CONF,
                                      text=config, batch=batch))
     systemd_unit(name="rsyslog running (forwarder)", unit=UNIT,

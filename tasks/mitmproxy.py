@@ -13,8 +13,9 @@ from pathlib import Path
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 
-from autocode.traffic.config import DEFAULT_INDEX, NON_HTTP_POLICIES, dump_config
+from autocode.traffic.config import DEFAULT_INDEX, dump_config
 from infra.component import Component
+from infra.components import Catalogue
 from infra.facts import q
 from infra.operations import (
     digest,
@@ -26,86 +27,29 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_bool, check_pem_files, is_number
-from tasks import metering, runtime
-
-PROXY_USER = "autocode-proxy"
-CONFDIR = "/etc/autocode/mitmproxy"
-CA_KEY = f"{CONFDIR}/mitmproxy-ca.pem"  # key and certificate, as mitmproxy keeps them
-CA_CERT = f"{CONFDIR}/mitmproxy-ca-cert.pem"
-UPSTREAM_DIR = f"{CONFDIR}/upstream"
-ADDON = f"{CONFDIR}/autocode_addon.py"
-TRAFFIC_CONFIG = "/etc/autocode/traffic.yaml"
-WORKER_CA_DIR = "/usr/local/share/ca-certificates/autocode-proxy"
-WORKER_CA = f"{WORKER_CA_DIR}/autocode-proxy-ca.crt"
-AGENT_ENV = "/etc/autocode/proxy-ca.env"
-PROFILE = "/etc/profile.d/autocode-proxy-ca.sh"
-
-
-def check(problems: Problems, role: str, data) -> None:
-    check_bool(problems, "proxy_fail_closed", data.get("proxy_fail_closed"))
-    if data.get("proxy_non_http") not in NON_HTTP_POLICIES:
-        problems.add("proxy_non_http", f"{data.get('proxy_non_http')!r} is not a policy; use "
-                     f"one of {', '.join(NON_HTTP_POLICIES)} (block refuses and records "
-                     "connections that are not HTTP; allow relays and records them)")
-    check_pem_files(problems, "proxy_upstream_ca_certs", data.get("proxy_upstream_ca_certs"))
-    size = data.get("package_cache_max_gb")
-    if not (is_number(size) and size >= 0):
-        problems.add("package_cache_max_gb", f"{size!r} is not a size in GB; e.g. 5, or 0 "
-                     "for no package cache")
-    version = data.get("mitmproxy_version")
-    if not (isinstance(version, str) and version[:1].isdigit()):
-        problems.add("mitmproxy_version", f"{version!r} is not a version; pin one, e.g. 11.0.2")
-    newer = data.get("mitmproxy_version_py312")
-    if newer is not None and not (isinstance(newer, str) and newer[:1].isdigit()):
-        problems.add("mitmproxy_version_py312", f"{newer!r} is not a version; pin one, e.g. "
-                     "12.3.1, or null for mitmproxy_version on every Python")
-    for name, zero_ok in (("traffic_shipped_keep_days", True),
-                          ("traffic_dead_letter_keep_days", False)):
-        days = data.get(name)
-        if days is not None and not (is_number(days) and (days > 0 or zero_ok and days == 0)):
-            problems.add(name, f"{days!r} is not a number of days; e.g. 7, or null to keep "
-                         "them" + (", or 0 to keep no copy" if zero_ok else ""))
-    url = data.get("traffic_elasticsearch_url")
-    if url is not None and not (isinstance(url, str) and url.startswith(("http://",
-                                                                         "https://"))):
-        problems.add("traffic_elasticsearch_url", f"{url!r} is not an http(s) URL; e.g. "
-                     "http://127.0.0.1:9200, or leave it unset for the elasticsearch "
-                     "component's cluster")
-
+from infra.settings import HostSettings
+from settings import elasticsearch as es_settings
+from settings.base import Base
+from settings.metering import LEDGER, Metering
+from settings.mitmproxy import (
+    ADDON,
+    AGENT_ENV,
+    CA_CERT,
+    CA_KEY,
+    CONFDIR,
+    PROFILE,
+    PROXY_USER,
+    TRAFFIC_CONFIG,
+    UPSTREAM_DIR,
+    WORKER_CA,
+    WORKER_CA_DIR,
+    Mitmproxy,
+)
+from settings.runtime import Runtime, host_install_digest
 
 COMPONENT = Component(
     name="mitmproxy",
-    settings={
-        "mitmproxy_port": 8080,
-        # On a host whose python3 is 3.12 or newer (Debian 13, Ubuntu 24.04), the runtime
-        # takes mitmproxy_version_py312 (mitmproxy 12 needs Python 3.12); null: the same
-        # mitmproxy_version everywhere.
-        "mitmproxy_version": "11.0.2",
-        "mitmproxy_version_py312": "12.3.1",
-        # Unaudited egress is worse than none: when its spool cannot be written, new
-        # flows get a 503 unless this is False.
-        "proxy_fail_closed": True,
-        # Connections that are not HTTP (raw TCP, TLS around another protocol, WebSocket
-        # and other upgrades): "block" refuses them, "allow" relays them; each is recorded.
-        "proxy_non_http": "block",
-        # Control-machine paths of CA certificates the proxy trusts upstream, beyond the
-        # system store.
-        "proxy_upstream_ca_certs": [],
-        # Where the traffic shipper sends the spool; unset: the elasticsearch component's
-        # cluster (the local node, or elasticsearch_url), with its API key and CA.
-        "traffic_elasticsearch_url": None,
-        # Content-addressed package artifacts (PyPI's files) served from the orchestrator's
-        # disk, each checked against its digest; 0 turns the cache off.
-        "package_cache_max_gb": 5,
-        # Retention on the orchestrator's disk: shipped spool segments are kept this many
-        # days (a local copy beside Elasticsearch; deleted sooner when the disk runs short),
-        # records Elasticsearch refused for good (dead letters: their only copy) this
-        # many days after their last day. null: kept; shipped 0: no copy kept at all.
-        "traffic_shipped_keep_days": 7,
-        "traffic_dead_letter_keep_days": 90,
-    },
-    check=check,
+    settings=Mitmproxy,
     system_users={"orchestrator": (PROXY_USER,)},
     data_tree={"orchestrator": {
         "logs/traffic": (PROXY_USER, "autocode", "750"),
@@ -113,77 +57,70 @@ COMPONENT = Component(
         "cache": ("root", "root", "755"),
         "cache/packages": (PROXY_USER, PROXY_USER, "750"),
     }},
-    worker_ports=lambda data: [data["mitmproxy_port"]],
+    worker_ports=lambda proxy: [proxy.mitmproxy_port],
     runtime_extras={"orchestrator": ("proxy",)},
-    runtime_pins=lambda data: runtime_pins(data),
+    runtime_pins=lambda proxy, python: proxy.runtime_pins(python),
 )
 
 
-def mitmproxy_pin(data) -> str:
-    """The mitmproxy release for this host: mitmproxy_version_py312 where its python3 (the
-    runtime's `host_python` fact) is 3.12 or newer, else mitmproxy_version."""
-    python = data.get("host_python")
-    if python and tuple(python) >= (3, 12) and data.get("mitmproxy_version_py312"):
-        return data["mitmproxy_version_py312"]
-    return data["mitmproxy_version"]
-
-
-def runtime_pins(data) -> list[str]:
-    version = mitmproxy_pin(data)
-    # mitmproxy 11 imports passlib, whose bcrypt probe crashes on bcrypt 5 (12 needs 5).
-    return [f"mitmproxy=={version}"] + (["bcrypt>=4,<5"] if version.startswith("11.") else [])
-
-
-def spool_dir(data) -> str:
-    return f"{data['data_root']}/logs/traffic/spool"
-
-
-def cache_dir(data) -> str:
-    return f"{data['data_root']}/cache/packages"
-
-
-def traffic_config(data, workers: dict[str, str], metered: dict[str, dict] | None = None
-                   ) -> str:
+def traffic_config(settings: HostSettings, workers: dict[str, str],
+                   metered: dict[str, dict] | None = None,
+                   es_key: es_settings.Credentials | None = None) -> str:
     """The traffic logger's configuration, built as data and written by the runtime's own
-    serializer, which validates it with the parser the proxy uses; `metered`: the workers'
-    host data by name, whose LLM calls are metered and capped (tasks/metering.py)."""
-    extra = {"metering": metering.metering_section(data, metered)} if metered is not None \
-        else {}
-    if data.get("package_cache_max_gb"):
-        extra["package_cache"] = {"dir": cache_dir(data),
-                                  "max_bytes": int(data["package_cache_max_gb"] * 1024**3)}
-    shipped_days = data["traffic_shipped_keep_days"]
+    serializer, which validates it with the parser the proxy uses. `workers`: address ->
+    name; `metered`: each worker's name -> its daily_budget_usd and agent_type, whose LLM
+    calls are metered and capped; `es_key`: the Elasticsearch API key in this apply."""
+    proxy, base = settings[Mitmproxy], settings[Base]
+    extra = {"metering": settings[Metering].section(
+        base.data_root, settings[Runtime].timezone, metered)} if metered is not None else {}
+    if proxy.package_cache_max_gb:
+        extra["package_cache"] = {"dir": proxy.cache_dir(base.data_root),
+                                  "max_bytes": int(proxy.package_cache_max_gb * 1024**3)}
+    shipped_days = proxy.traffic_shipped_keep_days
     retention = {"keep_shipped_segments": shipped_days != 0,
                  "shipped_keep_days": shipped_days or None,
-                 "dead_letter_keep_days": data["traffic_dead_letter_keep_days"]}
+                 "dead_letter_keep_days": proxy.traffic_dead_letter_keep_days}
     return dump_config({**extra, **{k: v for k, v in retention.items() if v is not None},
-        "spool_dir": spool_dir(data),
-        "fail_closed": bool(data["proxy_fail_closed"]),
-        "non_http": data["proxy_non_http"],
+        "spool_dir": proxy.spool_dir(base.data_root),
+        "fail_closed": proxy.proxy_fail_closed,
+        "non_http": proxy.proxy_non_http,
         "workers": workers,
-        "elasticsearch": shipper_target(data),
+        "elasticsearch": shipper_target(settings, es_key or es_settings.Credentials()),
     })
 
 
-def shipper_target(data) -> dict:
+def shipper_target(settings: HostSettings, es_key: es_settings.Credentials) -> dict:
     """The shipper's `elasticsearch` section: the data stream the elasticsearch component
     makes, on its cluster unless traffic_elasticsearch_url names another."""
-    from tasks import elasticsearch
-    target = {k: v for k, v in elasticsearch.client(data).items() if v is not None}
-    if data.get("traffic_elasticsearch_url"):
-        target = {"url": data["traffic_elasticsearch_url"]}
+    target = {k: v for k, v in settings[es_settings.Elasticsearch].client(
+        es_key.in_force).items() if v is not None}
+    if settings[Mitmproxy].traffic_elasticsearch_url:
+        target = {"url": settings[Mitmproxy].traffic_elasticsearch_url}
     return {**target, "index": DEFAULT_INDEX}
 
 
+def metered_workers() -> dict[str, dict]:
+    """Each worker's budget and agent, from its own settings."""
+    out = {}
+    for worker in inventory.get_group("workers"):
+        runtime = Runtime.of(worker)
+        out[worker.name] = {"daily_budget_usd": runtime.daily_budget_usd,
+                            "agent_type": runtime.agent_type}
+    return out
+
+
 @deploy("mitmproxy")
-def orchestrator() -> None:
-    from tasks import elasticsearch
-    data = host.data
-    venv = runtime.venv_path()
+def orchestrator(catalogue: Catalogue) -> None:
+    settings = HostSettings.of(host)
+    proxy, base = settings[Mitmproxy], settings[Base]
+    venv = base.runtime_venv
+    orch = inventory.get_group("orchestrator")[0]
+    es_key = es_settings.credentials(settings, host.state, orch)
     workers = {str(w.data.ssh_hostname): w.name for w in inventory.get_group("workers")}
-    config = traffic_config(data.dict(), workers, metering.workers_data())
+    config = traffic_config(settings, workers, metered_workers(), es_key)
     addon = render("mitmproxy/addon.py.j2")
-    upstream = {Path(c).name: Path(c).expanduser() for c in data.proxy_upstream_ca_certs}
+    upstream = {Path(c).name: Path(c).expanduser()
+                for c in proxy.proxy_upstream_ca_certs or []}
 
     directory(name=f"Folder {CONFDIR}", path=CONFDIR, user=PROXY_USER, group=PROXY_USER,
               mode="700")
@@ -206,10 +143,11 @@ def orchestrator() -> None:
                              batch=batch)
 
     common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG,
-                  spool_dir=spool_dir(data.dict()),
-                  ledger_dir=f"{data.data_root}/{Path(metering.LEDGER).parent}",
-                  cache_dir=cache_dir(data.dict()))
-    inputs = {"traffic.yaml": digest(config), "runtime": runtime.install_digest() or ""}
+                  spool_dir=proxy.spool_dir(base.data_root),
+                  ledger_dir=f"{base.data_root}/{Path(LEDGER).parent}",
+                  cache_dir=proxy.cache_dir(base.data_root))
+    inputs = {"traffic.yaml": digest(config),
+              "runtime": host_install_digest(host, catalogue) or ""}
     check_config = (f"runuser -u {PROXY_USER} -- {q(venv)}/bin/autocode-traffic-shipper "
                     f"--check-config --config {q(TRAFFIC_CONFIG)}")
     upstream_digest = digest("".join(f"{n}:{digest(p.read_bytes())}"
@@ -218,7 +156,7 @@ def orchestrator() -> None:
     systemd_unit(
         name="autocode-mitmproxy.service", unit="autocode-mitmproxy.service", batch=units,
         text=render("mitmproxy/autocode-mitmproxy.service.j2", confdir=CONFDIR,
-                    port=data.mitmproxy_port, **common),
+                    port=proxy.mitmproxy_port, **common),
         inputs={**inputs, "upstream CAs": upstream_digest},
         restart_when=(config_op, upstream_op), check_command=check_config, settle_s=3)
     systemd_unit(
@@ -227,12 +165,14 @@ def orchestrator() -> None:
         text=render("mitmproxy/autocode-traffic-shipper.service.j2", **common),
         # It reads the cluster's key and CA files at start, which the elasticsearch
         # component writes.
-        inputs={**inputs, **elasticsearch.client_inputs(data.dict())}, restart_when=(config_op,),
+        inputs={**inputs, **es_settings.client_inputs(settings[es_settings.Elasticsearch],
+                                                      es_key)},
+        restart_when=(config_op,),
         check_command=check_config, settle_s=3)
 
 
 @deploy("Trust the proxy CA")
-def worker() -> None:
+def worker(catalogue: Catalogue) -> None:
     orchestrator_host = inventory.get_group("orchestrator")[0]
     directory(name=f"Folder {WORKER_CA_DIR}", path=WORKER_CA_DIR, user="root", group="root",
               mode="755")
@@ -244,6 +184,6 @@ def worker() -> None:
     batch = (AGENT_ENV, PROFILE)
     file_content(name="Proxy CA variables for agents", path=AGENT_ENV, batch=batch,
                  text=render("mitmproxy/proxy-ca.env.j2", ca_file=WORKER_CA),
-                 user="root", group=host.data.service_user, mode="640")
+                 user="root", group=Base.of(host).service_user, mode="640")
     file_content(name="Proxy CA variables for login shells", path=PROFILE, batch=batch,
                  text=render("mitmproxy/proxy-ca.sh.j2", env_file=AGENT_ENV))

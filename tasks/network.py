@@ -16,8 +16,8 @@ import ipaddress
 from pyinfra import host
 from pyinfra.api import deploy
 
-from infra import components
 from infra.component import Component
+from infra.components import Catalogue
 from infra.facts import SshClientAddress
 from infra.operations import (
     default_gateway,
@@ -29,7 +29,10 @@ from infra.operations import (
     systemd_unit,
 )
 from infra.render import render
-from infra.validation import Problems, check_ipv4_networks, check_network
+from settings.dns import Dns
+from settings.inventory import Addresses
+from settings.mitmproxy import Mitmproxy
+from settings.network import Network
 
 RULES_DIR = "/etc/autocode/iptables"
 ROUTER_SYSCTLS = {
@@ -39,65 +42,45 @@ ROUTER_SYSCTLS = {
     "net.ipv6.conf.all.forwarding": 0,
 }
 
-
-def check(problems: Problems, role: str, data) -> None:
-    check_network(problems, "worker_network", data.get("worker_network"), required=True)
-    check_network(problems, "worker_network6", data.get("worker_network6"), required=False)
-    if data.get("management_networks") is not None:
-        check_ipv4_networks(problems, "management_networks", data["management_networks"],
-                            "leave it unset for the control machine only")
-
-
-COMPONENT = Component(
-    name="network",
-    settings={
-        # The network the workers live on; the orchestrator is its gateway.
-        "worker_network": None,
-        "worker_network6": None,
-        # Who may reach the orchestrator's management services (the Vault API): IPv4
-        # networks; unset, the control machine's own address as the orchestrator sees its
-        # SSH connection.
-        "management_networks": None,
-    },
-    check=check,
-)
+COMPONENT = Component(name="network", settings=Network)
 
 
 @deploy("Network: orchestrator as gateway")
-def orchestrator() -> None:
-    data = host.data
+def orchestrator(catalogue: Catalogue) -> None:
+    network, data = Network.of(host), host.data.dict()
     sysctls(name="Router sysctls", values=ROUTER_SYSCTLS,
             persist_file="/etc/sysctl.d/60-autocode-router.conf")
     _rulesets(
-        v4=render("network/orchestrator.rules.v4.j2", worker_network=data.worker_network,
-                  proxy_port=data.mitmproxy_port, dns_port=data.dns_port,
-                  worker_tcp_ports=components.worker_ports(data.dict()),
-                  management_tcp_ports=components.management_ports(data.dict()),
-                  management_networks=_management_networks(data),
-                  private_tcp_ports=components.private_ports(data.dict())),
-        v6=render("network/orchestrator.rules.v6.j2", worker_network6=data.worker_network6),
+        v4=render("network/orchestrator.rules.v4.j2", worker_network=network.worker_network,
+                  proxy_port=Mitmproxy.of(host).mitmproxy_port, dns_port=Dns.of(host).dns_port,
+                  worker_tcp_ports=catalogue.worker_ports(data),
+                  management_tcp_ports=catalogue.management_ports(data),
+                  management_networks=_management_networks(network),
+                  private_tcp_ports=catalogue.private_ports(data)),
+        v6=render("network/orchestrator.rules.v6.j2",
+                  worker_network6=network.worker_network6),
     )
 
 
 @deploy("Network: worker egress")
-def worker() -> None:
-    data = host.data
-    gateway = data.orchestrator_address
+def worker(catalogue: Catalogue) -> None:
+    addresses = Addresses.of(host)
+    gateway = addresses.orchestrator_address
     default_gateway(name=f"Default route via {gateway}", gateway=gateway)
     systemd_unit(name="Unit autocode-gateway.service", unit="autocode-gateway.service",
                  text=render("network/autocode-gateway.service.j2", gateway=gateway))
     _rulesets(
         v4=render("network/worker.rules.v4.j2", orchestrator_address=gateway,
-                  worker_network=data.worker_network,
-                  dns_port=data.dns_port, ssh_port=data.get("ssh_port") or 22,
-                  orchestrator_tcp_ports=components.worker_ports(data.dict())),
+                  worker_network=Network.of(host).worker_network,
+                  dns_port=Dns.of(host).dns_port, ssh_port=addresses.ssh_port or 22,
+                  orchestrator_tcp_ports=catalogue.worker_ports(host.data.dict())),
         v6=render("network/worker.rules.v6.j2"),
     )
 
 
-def _management_networks(data) -> list[str]:
-    if data.management_networks is not None:
-        return [str(ipaddress.ip_network(str(n))) for n in data.management_networks]
+def _management_networks(network: Network) -> list[str]:
+    if network.management_networks is not None:
+        return network.management()
     client = host.get_fact(SshClientAddress)
     try:
         address = ipaddress.ip_address(client or "")

@@ -13,32 +13,21 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 
 from infra.component import Component
+from infra.components import Catalogue
 from infra.facts import q
 from infra.operations import directory, file_from_host, made_once
 from infra.render import render
-from infra.validation import Problems, is_number
-
-PKI_DIR = "/etc/autocode/pki"
-CA_KEY = f"{PKI_DIR}/platform-ca.key"
-CA_CERT = f"{PKI_DIR}/platform-ca.crt"
-# In the trust store of every host, and the file SecretManager(ca_bundle=...) is given.
-TRUSTED_DIR = "/usr/local/share/ca-certificates/autocode-platform"
-TRUSTED_CA = f"{TRUSTED_DIR}/autocode-platform-ca.crt"
-TRUSTED_LINK = "/etc/ssl/certs/autocode-platform-ca.pem"
-
-
-def check(problems: Problems, role: str, data) -> None:
-    days = data.get("platform_ca_days")
-    if not (is_number(days) and int(days) == days and days >= 365):
-        problems.add("platform_ca_days", f"{days!r} is not a whole number of days of at "
-                     "least 365; e.g. 3650")
-
-
-COMPONENT = Component(
-    name="platform_ca",
-    settings={"platform_ca_days": 3650},
-    check=check,
+from settings.platform_ca import (
+    CA_CERT,
+    CA_KEY,
+    PKI_DIR,
+    TRUSTED_CA,
+    TRUSTED_DIR,
+    TRUSTED_LINK,
+    PlatformCa,
 )
+
+COMPONENT = Component(name="platform_ca", settings=PlatformCa, certificate_authority=True)
 
 
 def _make_ca(days: int) -> str:
@@ -58,10 +47,10 @@ def _trust(source: str) -> None:
 
 
 @deploy("Platform CA")
-def orchestrator() -> None:
+def orchestrator(catalogue: Catalogue) -> None:
     directory(name=f"Folder {PKI_DIR}", path=PKI_DIR, user="root", group="root", mode="755")
     batch = (CA_KEY, CA_CERT)
-    command = _make_ca(host.data.platform_ca_days)
+    command = _make_ca(PlatformCa.of(host).platform_ca_days)
     made_once(name="Platform CA private key", path=CA_KEY, command=command, user="root",
               group="root", mode="600", batch=batch)
     made_once(name="Platform CA certificate", path=CA_CERT, command=command, user="root",
@@ -70,6 +59,6 @@ def orchestrator() -> None:
 
 
 @deploy("Trust the platform CA")
-def worker() -> None:
+def worker(catalogue: Catalogue) -> None:
     _trust(inventory.get_group("orchestrator")[0].name)
 

@@ -46,6 +46,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from autocode.problems import Problems
+
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 KIB = 1024
@@ -104,6 +106,7 @@ class Model:
     overhead_gib: float = OVERHEAD_GIB
     weights_gib_measured: float | None = None
     index: int = 0
+    at: str = ""  # its place in the settings, e.g. models[0] or serving_models[0]
 
     @property
     def weights_gib(self) -> float:
@@ -171,10 +174,6 @@ class Placement:
     memory_gib: float  # of each of its GPUs
 
     @property
-    def reserved_gib_per_gpu(self) -> float:
-        return self.model.gpu_memory_utilization * self.memory_gib
-
-    @property
     def kv_tokens(self) -> int:
         return self.model.kv_tokens(self.memory_gib)
 
@@ -188,8 +187,9 @@ class Plan:
     gpus: Gpus
     models: list[Model]
     placements: list[Placement] = field(default_factory=list)
-    # (field, text): field as `models[i].setting` or `gpus.setting`.
-    problems: list[tuple[str, str]] = field(default_factory=list)
+    # Each names its field as `models[i].setting` or `gpus.setting` (or the names the
+    # caller gave those two) and unpacks as (field, text).
+    problems: Problems = field(default_factory=Problems)
     on_demand_together: bool = True
 
     @property
@@ -208,11 +208,29 @@ class Plan:
 
 
 class PlanInputError(ValueError):
-    """Settings the plan cannot read; `problems` holds (field, text) pairs."""
+    """Settings the plan cannot read; `problems` holds them (each unpacks as (field,
+    text))."""
 
-    def __init__(self, problems: list[tuple[str, str]]):
+    def __init__(self, problems: Problems):
         super().__init__("; ".join(f"{f}: {t}" for f, t in problems))
         self.problems = problems
+
+
+# The seed's "vLLM Configuration" as written (technical-stack-design.md): both 32B models
+# in bf16 at tensor parallel 2 and 0.85, the 14B coder on one GPU, loaded on demand. The
+# plan refuses it; `autocode-plan --seed` shows why.
+SEED_MODELS = [
+    {"name": "qwen-2.5-coder-32b", "model": "Qwen/Qwen2.5-Coder-32B-Instruct",
+     "architecture": "qwen2.5-32b", "tensor_parallel_size": 2,
+     "gpu_memory_utilization": 0.85, "max_model_len": 32768, "mode": "always-on"},
+    {"name": "deepseek-r1-32b", "model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+     "architecture": "qwen2.5-32b", "tensor_parallel_size": 2,
+     "gpu_memory_utilization": 0.85, "max_model_len": 32768, "mode": "always-on"},
+    {"name": "qwen-2.5-coder-14b", "model": "Qwen/Qwen2.5-Coder-14B-Instruct",
+     "architecture": "qwen2.5-14b", "tensor_parallel_size": 1,
+     "gpu_memory_utilization": 0.85, "max_model_len": 32768, "mode": "on-demand"},
+]
+A5000_X2 = {"count": 2, "memory_mib": 24564}
 
 
 # -- reading the settings -----------------------------------------------------------------
@@ -226,28 +244,29 @@ def _positive_number(value: Any) -> bool:
             and math.isfinite(value) and value > 0)
 
 
-def parse_gpus(raw: Any, problems: list[tuple[str, str]]) -> Gpus | None:
+def parse_gpus(raw: Any, problems: Problems, at: str = "gpus") -> Gpus | None:
     if not isinstance(raw, Mapping):
-        problems.append(("gpus", f"{raw!r} must map count and memory_mib, e.g. "
+        problems.append((at, f"{raw!r} must map count and memory_mib, e.g. "
                          "{count: 2, memory_mib: 24564} for two RTX A5000"))
         return None
     for key in sorted(set(raw) - {"count", "memory_mib"}):
-        problems.append((f"gpus.{key}", "no such setting; use count and memory_mib"))
+        problems.append((f"{at}.{key}", "no such setting; use count and memory_mib"))
     count, memory = raw.get("count"), raw.get("memory_mib")
     if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-        problems.append(("gpus.count", f"{count!r} is not a number of GPUs; write a whole "
+        problems.append((f"{at}.count", f"{count!r} is not a number of GPUs; write a whole "
                          "number, e.g. 2"))
         return None
     if not _positive_int(memory):
-        problems.append(("gpus.memory_mib", f"{memory!r} is not a memory size; write each "
+        problems.append((f"{at}.memory_mib", f"{memory!r} is not a memory size; write each "
                          "GPU's memory.total in MiB as `nvidia-smi --query-gpu=memory.total "
                          "--format=csv` prints it, e.g. 24564 for an RTX A5000"))
         return None
     return Gpus(count, memory)
 
 
-def parse_model(raw: Any, index: int, problems: list[tuple[str, str]]) -> Model | None:
-    at = f"models[{index}]"
+def parse_model(raw: Any, index: int, problems: Problems, field: str = "models"
+                ) -> Model | None:
+    at = f"{field}[{index}]"
     if not isinstance(raw, Mapping):
         problems.append((at, f"{raw!r} must be a mapping with name, model, "
                          "tensor_parallel_size, gpu_memory_utilization, max_model_len, mode"))
@@ -331,24 +350,26 @@ def parse_model(raw: Any, index: int, problems: list[tuple[str, str]]) -> Model 
                  max_model_len=max_len, mode=mode, kv_cache_dtype=kv_dtype,
                  overhead_gib=float(overhead),
                  weights_gib_measured=None if weights is None else float(weights),
-                 index=index)
+                 index=index, at=at)
 
 
-def parse(gpus_raw: Any, models_raw: Any) -> tuple[Gpus, list[Model]]:
-    """The plan's inputs from the settings, or PlanInputError with every problem."""
-    problems: list[tuple[str, str]] = []
-    gpus = parse_gpus(gpus_raw, problems)
+def parse(gpus_raw: Any, models_raw: Any, gpus_field: str = "gpus",
+          models_field: str = "models") -> tuple[Gpus, list[Model]]:
+    """The plan's inputs from the settings, or PlanInputError with every problem (named
+    `gpus_field`..., `models_field`[i]...)."""
+    problems = Problems()
+    gpus = parse_gpus(gpus_raw, problems, gpus_field)
     models: list[Model] = []
     if not isinstance(models_raw, list):
-        problems.append(("models", f"{models_raw!r} must be a list of models"))
+        problems.append((models_field, f"{models_raw!r} must be a list of models"))
     else:
         for i, raw in enumerate(models_raw):
-            model = parse_model(raw, i, problems)
+            model = parse_model(raw, i, problems, models_field)
             if model is not None:
                 models.append(model)
         names = [m.name for m in models]
         for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(("models", f"model name {name!r} is used twice; each served "
+            problems.append((models_field, f"model name {name!r} is used twice; each served "
                              "name must be unique"))
     if problems or gpus is None:
         raise PlanInputError(problems)
@@ -430,17 +451,12 @@ def _fit_one(plan: Plan, model: Model, memory_gib: float, at: str) -> bool:
     return False
 
 
-def _choose_gpus(plan: Plan, model: Model) -> tuple[int, ...]:
-    order = sorted(range(plan.gpus.count), key=lambda g: (plan.share(g), g))
-    return tuple(sorted(order[:model.tensor_parallel_size]))
-
-
 def make_plan(gpus: Gpus, models: Sequence[Model]) -> Plan:
     plan = Plan(gpus=gpus, models=list(models))
     memory = gpus.memory_gib
     candidates: list[tuple[Model, bool]] = []
     for model in models:
-        at = f"models[{model.index}]"
+        at = model.at
         label = f"model {model.name!r}"
         tp = model.tensor_parallel_size
         if tp > gpus.count:
@@ -514,7 +530,7 @@ def _sharing_problem(claims: list[Placement], model: Model, chosen: tuple[int, .
     fixes.append(f"the others' gpu_memory_utilization lowered so the models on GPU {gpu} "
                  f"add up to at most {MAX_GPU_SHARE}")
     gpus_text = ", ".join(str(g) for g in chosen)
-    return (f"models[{model.index}].gpu_memory_utilization", (
+    return (f"{model.at}.gpu_memory_utilization", (
         f"model {model.name!r} ({mode}, tensor_parallel_size "
         f"{model.tensor_parallel_size}) cannot share GPU {gpus_text} with {names}: vLLM "
         f"reserves gpu_memory_utilization of each GPU per instance, so GPU {gpu} would need "

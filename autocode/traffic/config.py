@@ -7,7 +7,6 @@ secret value. `dump_config` is the one way the deploy writes this file.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from autocode.problems import Problem, Problems, in_range, is_number, is_whole
 from autocode.traffic.cache import CacheConfig, parse_cache
 from autocode.traffic.metering import MeteringConfig, parse_metering
 
@@ -89,51 +89,42 @@ class TrafficConfig:
         return self.spool_dir / "shipped"
 
 
-class _Problems:
-    """Every problem in one config, so one check names them all (the deploy's one style)."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, field_name: str, problem: str, fix: str) -> None:
-        self.items.append(f"traffic config field '{field_name}' {problem}; fix: {fix}")
+def _render(problem: Problem) -> str:
+    return f"traffic config field '{problem.field}' {problem.problem}; fix: {problem.fix}"
 
 
-def _positive_int(p: _Problems, data: dict, key: str, default: int, prefix: str = "",
+def _positive_int(p: Problems, data: dict, key: str, default: int, prefix: str = "",
                   minimum: int = 1) -> int:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not (is_whole(value) and in_range(value, minimum, None)):
         p.add(prefix + key, f"must be an integer >= {minimum}, got {value!r}",
               f"set it to an integer such as {default}")
         return default
     return value
 
 
-def _number(p: _Problems, data: dict, key: str, default: float, prefix: str = "",
+def _number(p: Problems, data: dict, key: str, default: float, prefix: str = "",
             zero_ok: bool = False) -> float:
     value = data.get(key, default)
-    bad = (isinstance(value, bool) or not isinstance(value, int | float)
-           or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok))
-    if bad:
+    if not (is_number(value) and in_range(value, 0, None, exclusive_minimum=not zero_ok)):
         p.add(prefix + key, f"must be a number {'>=' if zero_ok else '>'} 0, got {value!r}",
               f"set it to a number of seconds such as {default}")
         return float(default)
     return float(value)
 
 
-def _days(p: _Problems, data: dict, key: str) -> float | None:
+def _days(p: Problems, data: dict, key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
+    if not (is_number(value) and value > 0):
         p.add(key, f"must be a number of days > 0, got {value!r}",
               "write e.g. 7, or leave it out to keep them")
         return None
     return float(value)
 
 
-def _bool(p: _Problems, data: dict, key: str, default: bool) -> bool:
+def _bool(p: Problems, data: dict, key: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
         p.add(key, f"must be true or false, got {value!r}", "write true or false unquoted")
@@ -144,7 +135,7 @@ def _bool(p: _Problems, data: dict, key: str, default: bool) -> bool:
 NON_HTTP_POLICIES = ("block", "allow")
 
 
-def _choice(p: _Problems, data: dict, key: str, choices: tuple[str, ...], default: str
+def _choice(p: Problems, data: dict, key: str, choices: tuple[str, ...], default: str
             ) -> str:
     value = data.get(key, default)
     if value not in choices:
@@ -154,7 +145,7 @@ def _choice(p: _Problems, data: dict, key: str, choices: tuple[str, ...], defaul
     return value
 
 
-def _string_list(p: _Problems, data: dict, key: str, check_regex: bool = False
+def _string_list(p: Problems, data: dict, key: str, check_regex: bool = False
                  ) -> tuple[str, ...]:
     value = data.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -170,13 +161,13 @@ def _string_list(p: _Problems, data: dict, key: str, check_regex: bool = False
     return tuple(value)
 
 
-def _reject_unknown(p: _Problems, data: dict, known: set[str], prefix: str = "") -> None:
+def _reject_unknown(p: Problems, data: dict, known: set[str], prefix: str = "") -> None:
     for name in sorted(set(data) - known, key=str):
         p.add(prefix + str(name), "is not a known field",
               f"remove it or use one of: {', '.join(sorted(known))}")
 
 
-def _workers(p: _Problems, data: dict) -> dict[str, str]:
+def _workers(p: Problems, data: dict) -> dict[str, str]:
     raw = data.get("workers") or {}
     if not isinstance(raw, dict):
         p.add("workers", "must be a mapping of client IP to worker id",
@@ -199,7 +190,7 @@ def _workers(p: _Problems, data: dict) -> dict[str, str]:
     return workers
 
 
-def _elasticsearch(p: _Problems, data: dict) -> ElasticsearchConfig:
+def _elasticsearch(p: Problems, data: dict) -> ElasticsearchConfig:
     raw = data.get("elasticsearch") or {}
     defaults = ElasticsearchConfig()
     if not isinstance(raw, dict):
@@ -248,7 +239,7 @@ def parse_config(data: Any) -> TrafficConfig:
             "traffic config must be a YAML mapping; fix: start from the example in "
             "autocode.traffic's docstring"
         )
-    p = _Problems()
+    p = Problems()
     _reject_unknown(p, data, set(TrafficConfig.__dataclass_fields__))
     spool_dir = data.get("spool_dir")
     if not isinstance(spool_dir, str) or not spool_dir.startswith("/"):
@@ -281,8 +272,9 @@ def parse_config(data: Any) -> TrafficConfig:
         metering=parse_metering(p, data.get("metering")),
         package_cache=parse_cache(p, data.get("package_cache")),
     )
-    if p.items:
-        raise TrafficConfigError("\n".join(p.items), problems=p.items)
+    if p:
+        lines = [_render(problem) for problem in p]
+        raise TrafficConfigError("\n".join(lines), problems=lines)
     return config
 
 

@@ -523,8 +523,99 @@ def _price(p, field_name: str, raw: Any) -> Price | None:
     return Price(**values)
 
 
+def parse_apis(p, field_name: str, raw: Any) -> list[LlmApi]:
+    """A list of {host, path, provider}: the LLM APIs whose calls are metered."""
+    if not isinstance(raw, list):
+        p.add(field_name, "must be a list of {host, path, provider}",
+              "write e.g. [{host: api.anthropic.com, path: /v1/messages, provider: anthropic}]")
+        return []
+    apis = []
+    for n, entry in enumerate(raw):
+        where = f"{field_name}[{n}]"
+        if not isinstance(entry, dict):
+            p.add(where, "must be a mapping", "write {host: ..., path: ..., provider: ...}")
+            continue
+        host, path, provider = entry.get("host"), entry.get("path"), entry.get("provider")
+        if not (isinstance(host, str) and _HOST.match(host.lower())):
+            p.add(f"{where}.host", f"must be a host name or address, got {host!r}",
+                  "write e.g. host: api.anthropic.com")
+            continue
+        if not (isinstance(path, str) and path.startswith("/")):
+            p.add(f"{where}.path", f"must be a path starting with /, got {path!r}",
+                  "write e.g. path: /v1/messages")
+            continue
+        if provider not in PROVIDERS:
+            p.add(f"{where}.provider", f"must be one of {', '.join(PROVIDERS)}, got "
+                  f"{provider!r}", "name the usage format the API answers in")
+            continue
+        apis.append(LlmApi(host.lower(), path, provider))
+    return apis
+
+
+def parse_prices(p, field_name: str, raw: Any) -> dict[str, Price]:
+    """Model name -> its price, USD per million tokens."""
+    prices = {}
+    if not isinstance(raw, dict):
+        p.add(field_name, "must map model names to prices", "see the defaults")
+        return prices
+    for model, entry in raw.items():
+        price = _price(p, f"{field_name}.{model}", entry)
+        if price is not None:
+            prices[str(model).lower()] = price
+    return prices
+
+
+def parse_price(p, field_name: str, raw: Any) -> Price | None:
+    """One price: {input, output, cache_read, cache_write}, USD per million tokens."""
+    return _price(p, field_name, raw)
+
+
+def parse_taken_on(p, field_name: str, raw: Any) -> str | None:
+    try:
+        date.fromisoformat(str(raw))
+    except ValueError:
+        p.add(field_name, f"must be the date the prices were taken, got {raw!r}",
+              "write e.g. \"2026-11-30\"")
+        return None
+    return str(raw)
+
+
+def parse_warn_share(p, field_name: str, raw: Any) -> Decimal | None:
+    share = _amount(p, field_name, raw, allow_zero=False)
+    if share is not None and share > 1:
+        p.add(field_name, f"must be at most 1, got {share}", "write e.g. 0.8")
+        return None
+    return share
+
+
+RATE_LIMITS = (("requests_per_second", float), ("burst", int), ("max_concurrent", int))
+
+
+def parse_rate_limit(p, field_name: str, raw: Any) -> dict[str, float | int]:
+    """{requests_per_second, burst, max_concurrent}, each > 0; a missing one: no limit."""
+    if raw is not None and not isinstance(raw, dict):
+        p.add(field_name, "must map requests_per_second, burst and max_concurrent to "
+              "numbers", "or be {} for no limit")
+        return {key: kind(0) for key, kind in RATE_LIMITS}
+    limit = raw or {}
+    for name in sorted(set(limit) - {key for key, _ in RATE_LIMITS}, key=str):
+        p.add(f"{field_name}.{name}", "is not a rate limit",
+              f"use {', '.join(key for key, _ in RATE_LIMITS)}")
+    rate = {}
+    for key, kind in RATE_LIMITS:
+        value = limit.get(key, 0)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        if kind is int:
+            ok = ok and isinstance(value, int)
+        if key in limit and not ok:
+            p.add(f"{field_name}.{key}", f"must be a number > 0, got {value!r}",
+                  "leave it out for no limit")
+        rate[key] = kind(value) if ok else kind(0)
+    return rate
+
+
 def parse_metering(p, raw: Any) -> MeteringConfig | None:
-    """The `metering` section; `p.add(field, problem, fix)` collects its problems."""
+    """The `metering` section; its problems are added to `p` (autocode/problems.py)."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -543,42 +634,11 @@ def parse_metering(p, raw: Any) -> MeteringConfig | None:
     except (ValueError, KeyError, OSError):
         p.add("metering.timezone", f"is not an IANA time zone, got {zone!r}", "write e.g. UTC")
         zone = "UTC"
-    apis = []
-    for n, entry in enumerate(raw.get("apis") or []):
-        where = f"metering.apis[{n}]"
-        if not isinstance(entry, dict):
-            p.add(where, "must be a mapping", "write {host: ..., path: ..., provider: ...}")
-            continue
-        host, path, provider = entry.get("host"), entry.get("path"), entry.get("provider")
-        if not (isinstance(host, str) and _HOST.match(host.lower())):
-            p.add(f"{where}.host", f"must be a host name or address, got {host!r}",
-                  "write e.g. host: api.anthropic.com")
-            continue
-        if not (isinstance(path, str) and path.startswith("/")):
-            p.add(f"{where}.path", f"must be a path starting with /, got {path!r}",
-                  "write e.g. path: /v1/messages")
-            continue
-        if provider not in PROVIDERS:
-            p.add(f"{where}.provider", f"must be one of {', '.join(PROVIDERS)}, got "
-                  f"{provider!r}", "name the usage format the API answers in")
-            continue
-        apis.append(LlmApi(host.lower(), path, provider))
-    prices = {}
-    raw_prices = raw.get("prices") or {}
-    if not isinstance(raw_prices, dict):
-        p.add("metering.prices", "must map model names to prices", "see the defaults")
-        raw_prices = {}
-    for model, entry in raw_prices.items():
-        price = _price(p, f"metering.prices.{model}", entry)
-        if price is not None:
-            prices[str(model).lower()] = price
-    unknown = _price(p, "metering.unknown_model_price", raw.get("unknown_model_price"))
+    apis = parse_apis(p, "metering.apis", raw.get("apis") or [])
+    prices = parse_prices(p, "metering.prices", raw.get("prices") or {})
+    unknown = parse_price(p, "metering.unknown_model_price", raw.get("unknown_model_price"))
     taken_on = raw.get("prices_taken_on")
-    try:
-        date.fromisoformat(str(taken_on))
-    except ValueError:
-        p.add("metering.prices_taken_on", f"must be the date the prices were taken, got "
-              f"{taken_on!r}", "write e.g. \"2026-11-30\"")
+    parse_taken_on(p, "metering.prices_taken_on", taken_on)
     budgets, agents = {}, {}
     raw_workers = raw.get("workers") or {}
     if not isinstance(raw_workers, dict):
@@ -594,20 +654,8 @@ def parse_metering(p, raw: Any) -> MeteringConfig | None:
         if budget is not None:
             budgets[str(worker)] = budget
         agents[str(worker)] = str(entry.get("agent_type", "unknown"))
-    share = _amount(p, "metering.warn_share", raw.get("warn_share", "0.8"), allow_zero=False)
-    if share is not None and share > 1:
-        p.add("metering.warn_share", f"must be at most 1, got {share}", "write e.g. 0.8")
-    limit = raw.get("rate_limit") or {}
-    rate = {}
-    for key, kind in (("requests_per_second", float), ("burst", int), ("max_concurrent", int)):
-        value = limit.get(key, 0) if isinstance(limit, dict) else None
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-        if kind is int:
-            ok = ok and isinstance(value, int)
-        if key in (limit if isinstance(limit, dict) else {}) and not ok:
-            p.add(f"metering.rate_limit.{key}", f"must be a number > 0, got {value!r}",
-                  "leave it out for no limit")
-        rate[key] = kind(value) if ok else kind(0)
+    share = parse_warn_share(p, "metering.warn_share", raw.get("warn_share", "0.8"))
+    rate = parse_rate_limit(p, "metering.rate_limit", raw.get("rate_limit") or {})
     inject = raw.get("inject_stream_usage", True)
     if not isinstance(inject, bool):
         p.add("metering.inject_stream_usage", f"must be true or false, got {inject!r}",

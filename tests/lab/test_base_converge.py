@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks.base import CA_DIR
+from settings.base import CA_DIR
 from testing.deploy import changed_hosts
 from testing.figures import record
 

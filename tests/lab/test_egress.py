@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks.mitmproxy import AGENT_ENV, CA_CERT, CA_KEY, WORKER_CA, spool_dir
+from settings.mitmproxy import AGENT_ENV, CA_CERT, CA_KEY, WORKER_CA, Mitmproxy
 from testing.deploy import changed_hosts
 from testing.figures import record
 from testing.traffic import remote_spool_records
 
 pytestmark = pytest.mark.lab
 PROBE = (Path(__file__).parent / "assets" / "probe.py").read_text()
-SPOOL = spool_dir(group_defaults("orchestrator"))
+SPOOL = Mitmproxy.spool_dir(group_defaults("orchestrator")["data_root"])
 SECRET = "sk-planted-" + uuid.uuid4().hex
 AGENT = group_defaults("workers")["service_user"]  # the account agents run as
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks.mitmproxy import spool_dir
+from settings.mitmproxy import Mitmproxy
 from testing.deploy import changed_hosts
 from testing.figures import record
 from testing.traffic import remote_spool_records
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.lab
 ASSETS = Path(__file__).parent / "assets"
 LOG = "/tmp/echo-listener.jsonl"
 AGENT = group_defaults("workers")["service_user"]
-SPOOL = spool_dir(group_defaults("orchestrator"))
+SPOOL = Mitmproxy.spool_dir(group_defaults("orchestrator")["data_root"])
 FIXTURE_TLS = "/opt/lab-internet/server"  # the fixture's certificate, for internet.lab
 SNI = "internet.lab"
 

@@ -11,17 +11,20 @@ import time
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks import agent_clis
-from tasks.mitmproxy import WORKER_CA, spool_dir
+from settings.agent_clis import AgentClis
+from settings.mitmproxy import WORKER_CA, Mitmproxy
 from testing.figures import record
 from testing.traffic import remote_spool_records
 
 pytestmark = pytest.mark.lab
 WORKERS = group_defaults("workers")
-SPOOL = spool_dir(group_defaults("orchestrator"))
+SPOOL = Mitmproxy.spool_dir(group_defaults("orchestrator")["data_root"])
 WHEELS = ("six==1.16.0", "idna==3.7", "packaging==24.1", "certifi==2024.7.4")
 TARBALLS = ("is-number@7.0.0", "ms@2.1.3", "kleur@4.1.5")
 LAB_DATA = {**WORKERS, "node_source": "npm-registry"}
+LAB_CLIS = AgentClis.from_data(LAB_DATA)
+NPM_PREFIX = LAB_CLIS.npm_prefix(WORKERS["install_dir"])
+NODE_BIN = LAB_CLIS.node_bin_dir(WORKERS["install_dir"])
 NODE_WORKERS = ("worker1", "worker3", "worker4")  # worker2 runs Aider: no Node there
 
 
@@ -67,7 +70,7 @@ def npm_pack(ssh, host: str, tag: str) -> float:
     """`npm pack` fetches each package's document and tarball, as an install does; its own
     cache is a fresh folder, so every byte crosses the proxy."""
     started = time.monotonic()
-    npm = f"{agent_clis.node_bin_dir(LAB_DATA)}/node {WORKERS['install_dir']}/npm/bin/npm-cli.js"
+    npm = f"{NODE_BIN}/node {WORKERS['install_dir']}/npm/bin/npm-cli.js"
     ssh(host, f"rm -rf /tmp/{tag} /tmp/{tag}-cache && mkdir /tmp/{tag} && cd /tmp/{tag} && "
         f"NODE_EXTRA_CA_CERTS={WORKER_CA} "
         f"{npm} pack --silent --cache /tmp/{tag}-cache {' '.join(TARBALLS)} >/dev/null")

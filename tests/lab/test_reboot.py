@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from infra.inventory_file import group_defaults
-from tasks.mitmproxy import CA_CERT, spool_dir
+from settings.mitmproxy import CA_CERT, Mitmproxy
 from testing.deploy import changed_hosts
 from testing.figures import record
 from testing.traffic import remote_spool_records
@@ -81,7 +81,7 @@ def log_line_filed(lab, ssh, worker: str) -> bool:
 def proxied_and_recorded(lab, ssh, worker: str) -> dict:
     url = f"https://{lab.internet.uplink_addr}/after-boot/{uuid.uuid4().hex}"
     ssh(worker, f"runuser -u {AGENT} -- curl -sS --fail -o /dev/null {url}")
-    spool = spool_dir(group_defaults("orchestrator"))
+    spool = Mitmproxy.spool_dir(group_defaults("orchestrator")["data_root"])
     found = remote_spool_records(ssh, spool, lambda r: r.get("url") == url, want=1)
     assert found, f"the request from {worker} after the boot is not in the spool"
     return found[0]

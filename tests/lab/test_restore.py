@@ -12,8 +12,8 @@ import shlex
 import pytest
 
 from infra.inventory_file import group_defaults
+from settings.mitmproxy import TRAFFIC_CONFIG
 from tasks import metering
-from tasks.mitmproxy import TRAFFIC_CONFIG
 from testing.deploy import changed_hosts
 from testing.figures import record
 

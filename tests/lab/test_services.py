@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from infra.operations import UNIT_MARKERS
-from tasks.mitmproxy import TRAFFIC_CONFIG
+from settings.mitmproxy import TRAFFIC_CONFIG
 from testing.deploy import changed_hosts
 from testing.figures import record
 

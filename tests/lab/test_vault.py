@@ -20,8 +20,8 @@ import yaml
 from infra.inventory_file import group_defaults
 from infra.vault import KeysFile, wait_until_answering
 from infra.vault_api import VaultAPI
+from settings.vault import WORKER_ENV, WORKER_TOKEN
 from tasks import platform_ca
-from tasks.vault import WORKER_ENV, WORKER_TOKEN
 from testing.deploy import DeployFailed, Pyinfra, changed_hosts
 from testing.figures import record
 

@@ -15,9 +15,9 @@ import yaml
 
 from infra.inventory_file import group_defaults
 from lab.inventory_file import LAB_AGENTS, model_endpoint
-from tasks import agent_clis
-from tasks.mitmproxy import AGENT_ENV, spool_dir
-from tasks.worker import UNIT
+from settings.agent_clis import AgentClis
+from settings.mitmproxy import AGENT_ENV, Mitmproxy
+from settings.worker import UNIT
 from testing.deploy import DeployFailed, Pyinfra, changed_hosts
 from testing.figures import record
 from testing.traffic import remote_spool_records
@@ -28,17 +28,20 @@ AGENT = WORKERS["service_user"]
 DATA_ROOT = WORKERS["data_root"]
 VENV = f"{WORKERS['install_dir']}/venv"
 CONFIG = f"{WORKERS['config_dir']}/worker.yaml"
-SPOOL = spool_dir(group_defaults("orchestrator"))
+SPOOL = Mitmproxy.spool_dir(group_defaults("orchestrator")["data_root"])
 AGENT_OF = {f"worker{n}": kind for n, kind in enumerate(LAB_AGENTS, 1)}
 RUN = uuid.uuid4().hex[:8]
 LAB_DATA = {**WORKERS, "node_source": "npm-registry"}
+LAB_CLIS = AgentClis.from_data(LAB_DATA)
+NPM_PREFIX = LAB_CLIS.npm_prefix(WORKERS["install_dir"])
+NODE_BIN = LAB_CLIS.node_bin_dir(WORKERS["install_dir"])
 # What each CLI answers to --version, for its pin.
 VERSION_LINE = {"claude-code": "{} (Claude Code)", "qwen-coder": "{}", "aider": "aider {}"}
 
 
 def as_agent(command: str) -> str:
     """A command as the agent account, with the service's environment."""
-    path = (f"{agent_clis.npm_prefix(LAB_DATA)}/bin:{agent_clis.node_bin_dir(LAB_DATA)}:"
+    path = (f"{NPM_PREFIX}/bin:{NODE_BIN}:"
             "/usr/local/bin:/usr/bin:/bin")
     return (f"set -a; . {AGENT_ENV}; set +a; cd /; runuser -u {AGENT} -- env PATH={path} "
             f"HOME={WORKERS['service_home']} sh -c {shlex.quote(command)}")
@@ -110,7 +113,7 @@ def test_every_worker_runs_its_agent_with_the_pinned_cli(ssh, converged):
         budget = json.loads(worker_cli(ssh, host, "budget --json").stdout)
         assert (budget["worker_id"], budget["agent_type"]) == (host, kind)
         assert budget["daily_budget_usd"] == "25" and budget["allowed"] is True
-        binary = agent_clis.binary(LAB_DATA, kind)
+        binary = LAB_CLIS.binary(kind, LAB_DATA["install_dir"], LAB_DATA["service_home"])
         version = ssh(host, as_agent(f"{binary} --version")).stdout.strip().splitlines()[-1]
         assert version == VERSION_LINE[kind].format(pins[kind]), (host, version)
         # Read-only to the agent: it cannot update itself away from its pin.

@@ -4,12 +4,14 @@ the runtime install and validation use; a new component needs nothing but its mo
 from __future__ import annotations
 
 import types
+from typing import Annotated
 
 import pytest
 
-from infra import components
 from infra.component import Component
 from infra.inventory_file import group_defaults
+from infra.settings import For, HostSettings, Port, Settings
+from roles import CATALOGUE as components
 from roles import orchestrator as orchestrator_role
 from roles import worker as worker_role
 from tasks import mitmproxy
@@ -57,10 +59,9 @@ def test_one_runtime_install_per_host_with_the_union_of_needs():
     old = ("bcrypt>=4,<5", "mitmproxy==11.0.2")  # 11 with passlib's bcrypt<5
     for python, pins in (([3, 11], old), ([3, 12], ("mitmproxy==12.3.1",)),
                          ([3, 13], ("mitmproxy==12.3.1",)), (None, old)):
-        assert components.runtime_needs("orchestrator", {**orch, "host_python": python})[1] \
-            == pins, python
+        assert components.runtime_needs("orchestrator", orch, python)[1] == pins, python
     assert components.runtime_needs("orchestrator", {
-        **orch, "host_python": [3, 13], "mitmproxy_version_py312": None})[1] == old
+        **orch, "mitmproxy_version_py312": None}, [3, 13])[1] == old
 
 
 def test_every_components_check_runs_in_one_pass():
@@ -82,7 +83,7 @@ def test_an_unknown_setting_is_named_with_a_likely_fix():
     problems = components.check_host("worker1", "worker", data)
     assert problems == ["worker 'worker1': dns_upstream: no component has this setting; did "
                         "you mean dns_port, dns_upstreams? Remove it, or see the settings in "
-                        "tasks/<component>.py"]
+                        "settings/<component>.py"]
 
 
 def test_traffic_config_is_built_as_data_and_keeps_odd_worker_names_strings():
@@ -91,7 +92,7 @@ def test_traffic_config_is_built_as_data_and_keeps_odd_worker_names_strings():
     from autocode.traffic.config import parse_config
 
     data = {**group_defaults("orchestrator")}
-    text = mitmproxy.traffic_config(data, {"10.0.1.11": "no", "10.0.1.12": "on",
+    text = mitmproxy.traffic_config(HostSettings(data), {"10.0.1.11": "no", "10.0.1.12": "on",
                                            "10.0.1.13": "1.0"})
     parsed = parse_config(yaml.safe_load(text))
     assert parsed.workers == {"10.0.1.11": "no", "10.0.1.12": "on", "10.0.1.13": "1.0"}
@@ -99,8 +100,8 @@ def test_traffic_config_is_built_as_data_and_keeps_odd_worker_names_strings():
     # Retention as group data says: a week of shipped copies, dead letters 90 days.
     assert (parsed.keep_shipped_segments, parsed.shipped_keep_days,
             parsed.dead_letter_keep_days) == (True, 7, 90)
-    none_kept = parse_config(yaml.safe_load(mitmproxy.traffic_config(
-        {**data, "traffic_shipped_keep_days": 0, "traffic_dead_letter_keep_days": None}, {})))
+    none_kept = parse_config(yaml.safe_load(mitmproxy.traffic_config(HostSettings(
+        {**data, "traffic_shipped_keep_days": 0, "traffic_dead_letter_keep_days": None}), {})))
     assert (none_kept.keep_shipped_segments, none_kept.shipped_keep_days,
             none_kept.dead_letter_keep_days) == (False, None, None)
 
@@ -117,15 +118,23 @@ def test_bad_retention_days_are_refused_naming_the_inventory_field():
 def test_a_new_component_needs_only_its_module_and_one_line_per_role(monkeypatch):
     """A toy component, listed in the worker role: its setting becomes a default, its
     account and folder are created by base, its port opened, its check run."""
+    class Toy(Settings):
+        toy_port: Port = 7777
+        """The toy's port."""
+        toy_greeting: str = "hello"
+        """What it says."""
+
+        def rules(self, problems, host):
+            if not self.toy_greeting:
+                problems.add("toy_greeting", "empty; say something, e.g. hello")
+
     toy = types.ModuleType("tasks.toy")
     toy.COMPONENT = Component(
         name="toy",
-        settings={"toy_port": 7777, "toy_greeting": "hello"},
-        check=lambda problems, role, data: None if data["toy_greeting"] else problems.add(
-            "toy_greeting", "empty; say something, e.g. hello"),
+        settings=Toy,
         system_users={"worker": ("toy",)},
         data_tree={"worker": {"toy": ("toy", "toy", "700")}},
-        worker_ports=lambda data: [data["toy_port"]],
+        worker_ports=lambda toy: [toy.toy_port],
     )
     toy.worker = lambda: None
     monkeypatch.setattr(worker_role, "COMPONENTS", [*worker_role.COMPONENTS, toy])
@@ -141,8 +150,11 @@ def test_a_new_component_needs_only_its_module_and_one_line_per_role(monkeypatch
 
 
 def test_two_components_cannot_own_one_setting(monkeypatch):
+    class Clash(Settings):
+        dns_port: int = 5353
+
     clash = types.ModuleType("tasks.clash")
-    clash.COMPONENT = Component(name="clash", settings={"dns_port": 5353})
+    clash.COMPONENT = Component(name="clash", settings=Clash)
     monkeypatch.setattr(worker_role, "COMPONENTS", [*worker_role.COMPONENTS, clash])
     with pytest.raises(ValueError, match="'dns_port' is declared by two components"):
         components.settings()
@@ -151,6 +163,12 @@ def test_two_components_cannot_own_one_setting(monkeypatch):
 def test_component_declarations_name_only_known_roles():
     with pytest.raises(ValueError, match="unknown roles"):
         Component(name="bad", system_users={"workers": ("x",)})
+
+    class Odd(Settings):
+        odd: Annotated[int, For("workers")] = 1
+
+    with pytest.raises(ValueError, match="unknown roles"):
+        Component(name="bad", settings=Odd)
 
 
 

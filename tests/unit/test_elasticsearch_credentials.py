@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from autocode.traffic.shipper import Shipper
-from infra import components, vault
+from infra import vault
 from infra.elasticsearch import (
     ElasticsearchAPI,
     ElasticsearchError,
@@ -23,6 +23,11 @@ from infra.elasticsearch import (
     wait_until_answering,
 )
 from infra.inventory_file import group_defaults
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
+from settings import elasticsearch as es_settings
+from settings.elasticsearch import API_KEY_FILE, Credentials, Elasticsearch, client_inputs
+from settings.vault import Vault
 from tasks import elasticsearch, mitmproxy
 from testing.elasticsearch_double import ESDouble
 from testing.openbao import OpenBao
@@ -45,6 +50,11 @@ def problems_for(**overrides) -> list[str]:
     return components.check_host("orchestrator", "orchestrator",
                                  {**external(), "ssh_hostname": "10.0.0.10",
                                   "worker_network": "10.0.1.0/24", **overrides})
+
+
+def from_vault(data, session_of_run, orchestrator):
+    return es_settings.from_vault(Elasticsearch.from_data(data), Vault.from_data(data),
+                                  session_of_run, orchestrator)
 
 
 class Orchestrator:
@@ -75,20 +85,20 @@ def test_the_key_is_read_from_vault_with_the_deploys_token(ready):
     bao, keys, admin = ready
     admin.put(f"{vault.KV_MOUNT}/data/{PATH}", {"data": {"api_key": KEY}})
     host = Orchestrator(ON_HOST)
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), host)
+    got = from_vault(external(), session_for(bao, keys), host)
     assert got == elasticsearch.Credentials(write=KEY, in_force=KEY)
     assert host.asked == []  # the host's file is not even read when Vault answers
 
 
 def test_a_secret_missing_from_vault_keeps_the_key_on_the_orchestrator(ready, caplog):
     bao, keys, admin = ready
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST + "\n"))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST + "\n"))
     assert got.write is None and got.in_force == ON_HOST
     assert f"no api_key field at secret/{PATH}" in got.waiting
     assert "bao kv put" in got.waiting
     # The secret without that field: the same, naming the field.
     admin.put(f"{vault.KV_MOUNT}/data/{PATH}", {"data": {"key": KEY}})
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(None))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(None))
     assert got == elasticsearch.Credentials(waiting=got.waiting) and "api_key" in got.waiting
     assert "index management and the clients' key wait" in caplog.text
 
@@ -96,19 +106,19 @@ def test_a_secret_missing_from_vault_keeps_the_key_on_the_orchestrator(ready, ca
 def test_a_value_in_vault_that_is_no_api_key_is_not_used_nor_echoed(ready):
     bao, keys, admin = ready
     admin.put(f"{vault.KV_MOUNT}/data/{PATH}", {"data": {"api_key": "plain-PASSWORD-4411"}})
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
     assert got.write is None and got.in_force == ON_HOST
     assert "base64" in got.waiting and "PASSWORD" not in got.waiting
 
 
 def test_a_vault_not_yet_initialised_or_sealed_waits(bao, tmp_path):
     keys = vault.KeysFile(tmp_path / "keys.json")
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(None))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(None))
     assert got == elasticsearch.Credentials(waiting=got.waiting)
     assert "not initialised and unsealed" in got.waiting
     # Initialised, then sealed (a reboot): the orchestrator's key stays in use.
     vault.initialise(bao.api(), keys, vault.InitPlan(shares=1, threshold=1))
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
     assert got.write is None and got.in_force == ON_HOST and "unsealed" in got.waiting
 
 
@@ -118,7 +128,7 @@ def test_a_lost_admin_token_is_said_not_raised(ready):
     doc = keys.load()
     doc["admin_token"] = "s.not-a-token"
     keys.path.write_text(__import__("json").dumps(doc))
-    got = elasticsearch.from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
+    got = from_vault(external(), session_for(bao, keys), Orchestrator(ON_HOST))
     assert got.in_force == ON_HOST and "HTTP 403" in got.waiting
 
 
@@ -135,7 +145,7 @@ def test_a_key_the_seed_writes_is_used_without_asking_vault(tmp_path):
     def no_vault():
         raise AssertionError("Vault asked although the seed gives the key")
 
-    assert elasticsearch.from_vault(data, no_vault, Orchestrator(ON_HOST)) == \
+    assert from_vault(data, no_vault, Orchestrator(ON_HOST)) == \
         elasticsearch.Credentials(write=KEY, in_force=KEY)
 
 
@@ -178,24 +188,22 @@ def test_a_key_in_both_a_file_and_vault_is_refused(tmp_path):
 # -- what the clients get -------------------------------------------------------------------
 
 
-def test_clients_get_the_key_file_and_restart_when_the_key_changes(monkeypatch):
-    data = external()
-    monkeypatch.setattr(elasticsearch, "credentials",
-                        lambda d: elasticsearch.Credentials(write=KEY, in_force=KEY))
-    traffic = yaml.safe_load(mitmproxy.traffic_config(data, {}))
-    assert traffic["elasticsearch"]["api_key_file"] == elasticsearch.API_KEY_FILE
-    assert KEY not in mitmproxy.traffic_config(data, {})
-    first = elasticsearch.client_inputs(data)
-    monkeypatch.setattr(elasticsearch, "credentials",
-                        lambda d: elasticsearch.Credentials(in_force=ON_HOST, waiting="sealed"))
-    assert elasticsearch.client_inputs(data) != first  # the key in force is what counts
-    assert elasticsearch.filebeat_api_key(data) == "old-key-id:ON-HOST-SECRET-07aa"
+def test_clients_get_the_key_file_and_restart_when_the_key_changes():
+    settings = HostSettings(external())
+    es = settings[Elasticsearch]
+    key = Credentials(write=KEY, in_force=KEY)
+    traffic = yaml.safe_load(mitmproxy.traffic_config(settings, {}, es_key=key))
+    assert traffic["elasticsearch"]["api_key_file"] == API_KEY_FILE
+    assert KEY not in mitmproxy.traffic_config(settings, {}, es_key=key)
+    first = client_inputs(es, key)
+    key = Credentials(in_force=ON_HOST, waiting="sealed")
+    assert client_inputs(es, key) != first  # the key in force is what counts
+    assert key.filebeat_key() == "old-key-id:ON-HOST-SECRET-07aa"
     # No key at all yet: the clients are not pointed at a file that does not exist.
-    monkeypatch.setattr(elasticsearch, "credentials",
-                        lambda d: elasticsearch.Credentials(waiting="sealed"))
-    assert "api_key_file" not in yaml.safe_load(mitmproxy.traffic_config(data, {}))[
-        "elasticsearch"]
-    assert elasticsearch.client_inputs(data) == {}
+    key = Credentials(waiting="sealed")
+    assert "api_key_file" not in yaml.safe_load(mitmproxy.traffic_config(
+        settings, {}, es_key=key))["elasticsearch"]
+    assert client_inputs(es, key) == {}
 
 
 # -- the double's API-key authentication, and its twin ------------------------------------------
@@ -245,7 +253,7 @@ def test_the_deploys_objects_and_the_shippers_records_pass_the_doubles_key(tmp_p
     double.start()
     try:
         data = {**external(), "elasticsearch_url": double.url}
-        objects = elasticsearch.index_objects(data)
+        objects = elasticsearch.index_objects(HostSettings(data))
         assert apply(ElasticsearchAPI(double.url, api_key=KEY), objects)
         key_file = tmp_path / "api-key"
         key_file.write_text(KEY + "\n")

@@ -12,6 +12,7 @@ import yaml
 
 from infra.errors import InventoryError
 from infra.inventory_file import load
+from roles import CATALOGUE
 
 REPO = Path(__file__).resolve().parents[2]
 CERT = """-----BEGIN CERTIFICATE-----
@@ -44,7 +45,7 @@ def good(key: Path) -> dict:
 def load_doc(tmp_path: Path, doc) -> dict:
     path = tmp_path / "inventory.yaml"
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
-    return load(path)
+    return load(CATALOGUE, path)
 
 
 def problems(tmp_path: Path, doc) -> str:
@@ -69,7 +70,7 @@ def test_good_inventory_builds_groups_with_host_data(tmp_path, key):
 
 def test_missing_file_says_both_ways_to_get_one(tmp_path):
     with pytest.raises(InventoryError) as exc:
-        load(tmp_path / "nope.yaml")
+        load(CATALOGUE, tmp_path / "nope.yaml")
     msg = exc.value.render()
     assert "make lab" in msg and "python -m lab up" in msg
     assert "AUTOCODE_INVENTORY" in msg

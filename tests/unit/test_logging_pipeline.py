@@ -16,11 +16,14 @@ import pytest
 import yaml
 
 from autocode.traffic.config import parse_config
-from infra import components
 from infra.apt_repository import sources_text
 from infra.elasticsearch import ElasticsearchAPI, Managed, apply, covers, differing
 from infra.inventory_file import group_defaults
 from infra.render import render
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
+from settings.elasticsearch import API_KEY_FILE, CA_FILE, KEY_FINGERPRINT, credentials
+from settings.log_forwarding import LogForwarding
 from tasks import elasticsearch, filebeat, log_forwarding, mitmproxy
 from testing.elasticsearch_double import ESDouble
 
@@ -38,7 +41,7 @@ def orch(**overrides) -> dict:
 
 
 def test_elasticsearch_yml_is_the_seeds_single_node():
-    text = elasticsearch.render_node_config(orch(elasticsearch_mode="local"))
+    text = elasticsearch.render_node_config(HostSettings(orch(elasticsearch_mode="local")))
     assert text.startswith("# Managed by autocode")
     doc = yaml.safe_load(text)
     assert doc == {
@@ -63,7 +66,8 @@ def test_elasticsearch_yml_is_the_seeds_single_node():
     (4096, None, 2048), (256 * 1024, None, 31 * 1024), (300, None, 256), (None, None, 1024),
     (64 * 1024, 8192, 8192)])
 def test_heap_is_half_the_memory_at_most_31_gb(memory_mb, override, heap):
-    assert elasticsearch.heap_mb(orch(elasticsearch_heap_mb=override), memory_mb) == heap
+    settings = HostSettings(orch(elasticsearch_heap_mb=override))
+    assert elasticsearch.heap_mb(settings, memory_mb) == heap
     text = render("elasticsearch/heap.options.j2", heap_mb=heap)
     assert f"-Xms{heap}m\n" in text and f"-Xmx{heap}m\n" in text
 
@@ -95,17 +99,17 @@ def test_elastic_repository_is_declared_once_per_host(monkeypatch):
     monkeypatch.setattr(apt_repository, "file_content",
                         lambda **kw: calls.append(("file", kw)) or object())
     repo = elasticsearch.repository("8.19.0")
-    first = apt_repository.apt_repository(repo, elasticsearch.KEY_FINGERPRINT)
-    second = apt_repository.apt_repository(repo, elasticsearch.KEY_FINGERPRINT)
+    first = apt_repository.apt_repository(repo, KEY_FINGERPRINT)
+    second = apt_repository.apt_repository(repo, KEY_FINGERPRINT)
     assert first is second and [kind for kind, _ in calls] == ["shell", "file"]
-    assert elasticsearch.KEY_FINGERPRINT in " ".join(calls[0][1]["commands"])
+    assert KEY_FINGERPRINT in " ".join(calls[0][1]["commands"])
 
 
 # -- filebeat.yml -----------------------------------------------------------------------
 
 
 def test_filebeat_yml_as_the_seed_says():
-    text = filebeat.render_config(orch(elasticsearch_mode="local"))
+    text = filebeat.render_config(HostSettings(orch(elasticsearch_mode="local")))
     doc = yaml.safe_load(text)
     inputs = {i["id"]: i for i in doc["filebeat.inputs"]}
     assert len(inputs) == len(doc["filebeat.inputs"]) == 4  # unique ids
@@ -149,24 +153,27 @@ def test_filebeat_to_an_external_cluster_with_its_api_key(tmp_path):
     ca.write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
     data = orch(elasticsearch_mode="external", elasticsearch_url="https://logs.example.com:9243/",
                 elasticsearch_credentials_file=str(creds), elasticsearch_ca_file=str(ca))
-    doc = yaml.safe_load(filebeat.render_config(data, elasticsearch.filebeat_api_key(data)))
+    settings = HostSettings(data)
+    key = credentials(settings, None, None)
+    doc = yaml.safe_load(filebeat.render_config(settings, key.filebeat_key()))
     out = doc["output.elasticsearch"]
     assert out["hosts"] == ["https://logs.example.com:9243"]
     assert out["api_key"] == "key-id:key-secret"  # Filebeat wants id:key, decoded
-    assert out["ssl.certificate_authorities"] == [elasticsearch.CA_FILE]
+    assert out["ssl.certificate_authorities"] == [CA_FILE]
     # The traffic shipper gets the key's file, never the key, and the data stream.
-    traffic = parse_config(yaml.safe_load(mitmproxy.traffic_config(data, {})))
+    traffic = parse_config(yaml.safe_load(mitmproxy.traffic_config(settings, {}, es_key=key)))
     assert traffic.elasticsearch.url == "https://logs.example.com:9243"
     assert traffic.elasticsearch.index == "autocode-traffic"
-    assert traffic.elasticsearch.api_key_file == elasticsearch.API_KEY_FILE
-    assert traffic.elasticsearch.ca_certs == elasticsearch.CA_FILE
-    assert "key-secret" not in mitmproxy.traffic_config(data, {})
+    assert traffic.elasticsearch.api_key_file == API_KEY_FILE
+    assert traffic.elasticsearch.ca_certs == CA_FILE
+    assert "key-secret" not in mitmproxy.traffic_config(settings, {}, es_key=key)
 
 
 def test_filebeat_is_planned_only_with_a_cluster():
-    assert filebeat.enabled(orch(elasticsearch_mode="local"))
-    assert not filebeat.enabled(orch(elasticsearch_mode="none"))
-    assert not filebeat.enabled(orch(elasticsearch_mode="local", filebeat_enabled=False))
+    assert filebeat.enabled(HostSettings(orch(elasticsearch_mode="local")))
+    assert not filebeat.enabled(HostSettings(orch(elasticsearch_mode="none")))
+    assert not filebeat.enabled(HostSettings(orch(elasticsearch_mode="local",
+                                                  filebeat_enabled=False)))
 
 
 # -- index management -------------------------------------------------------------------
@@ -187,7 +194,8 @@ def cluster(request):
         double = ESDouble()
         double.start()
         data = orch(elasticsearch_mode="external", elasticsearch_url=double.url)
-        yield ElasticsearchAPI(double.url), elasticsearch.index_objects(data, prefix), double
+        objects = elasticsearch.index_objects(HostSettings(data), prefix)
+        yield ElasticsearchAPI(double.url), objects, double
         double.stop()
         return
     if not REAL_ES_URL:
@@ -196,7 +204,7 @@ def cluster(request):
     data = orch(elasticsearch_mode="external", elasticsearch_url=REAL_ES_URL,
                 elasticsearch_snapshot_repository={"type": "fs",
                                                    "settings": {"location": repo_path}})
-    objects = elasticsearch.index_objects(data, prefix)
+    objects = elasticsearch.index_objects(HostSettings(data), prefix)
     if not repo_path:  # an fs repository must be under the cluster's path.repo
         objects = [o for o in objects if o.kind not in ("snapshot_repository", "slm_policy")]
     api = _real(None, None)
@@ -292,7 +300,7 @@ def test_the_double_bumps_ilm_versions_and_needs_a_template_for_a_stream():
 
 
 def test_forwarder_reads_the_worker_logs_and_queues_on_disk_over_relp_tls():
-    text = log_forwarding.forward_config(WORKER, "10.0.1.1", "orchestrator", tls=True)
+    text = log_forwarding.forward_config(HostSettings(WORKER), "10.0.1.1", "orchestrator", tls=True)
     assert f'File="{ROOT}/logs/workers/*.log"' in text
     assert 'type="omrelp"' in text and 'target="10.0.1.1" port="2514"' in text
     assert 'tls="on"' in text and 'tls.permittedPeer=["orchestrator"]' in text
@@ -301,13 +309,14 @@ def test_forwarder_reads_the_worker_logs_and_queues_on_disk_over_relp_tls():
                     'queue.checkpointInterval="1"', 'action.resumeRetryCount="-1"',
                     f'tls.myCert="{log_forwarding.TLS_CERT}"'):
         assert setting in text
-    plain = log_forwarding.forward_config(WORKER, "10.0.1.1", "orchestrator", tls=False)
+    plain = log_forwarding.forward_config(HostSettings(WORKER), "10.0.1.1", "orchestrator",
+                                          tls=False)
     assert "tls" not in plain.replace("tls.", "").split("omrelp")[1].split("queue")[0]
 
 
 def test_tcp_forwarding_compresses_each_line_in_octet_counted_frames_over_tls():
     data = dict(WORKER, log_forwarding_protocol="tcp")
-    text = log_forwarding.forward_config(data, "10.0.1.1", "orchestrator", tls=True)
+    text = log_forwarding.forward_config(HostSettings(data), "10.0.1.1", "orchestrator", tls=True)
     assert "omrelp" not in text and 'type="omfwd"' in text
     for setting in ('protocol="tcp"', 'TCP_Framing="octet-counted"',
                     'compression.mode="single"', f'zipLevel="{log_forwarding.ZIP_LEVEL}"',
@@ -316,21 +325,23 @@ def test_tcp_forwarding_compresses_each_line_in_octet_counted_frames_over_tls():
                     f'StreamDriver.CertFile="{log_forwarding.TLS_CERT}"',
                     'queue.saveOnShutdown="on"', 'action.resumeRetryCount="-1"'):
         assert setting in text, setting
-    plain = log_forwarding.forward_config(data, "10.0.1.1", "orchestrator", tls=False)
+    plain = log_forwarding.forward_config(HostSettings(data), "10.0.1.1", "orchestrator", tls=False)
     assert "StreamDriver" not in plain and 'compression.mode="single"' in plain
-    receiver = log_forwarding.receive_config(dict(ORCH, log_forwarding_protocol="tcp"),
-                                             tls=True, peers=["worker2", "worker1"])
+    receiver = log_forwarding.receive_config(
+        HostSettings(dict(ORCH, log_forwarding_protocol="tcp")), tls=True,
+        peers=["worker2", "worker1"])
     assert "imrelp" not in receiver and 'input(type="imtcp" port="2514"' in receiver
     assert 'streamDriver.authMode="x509/name"' in receiver
     assert 'permittedPeer=["worker1", "worker2"]' in receiver
     assert 'lookup("autocode_workers", $fromhost-ip)' in receiver
-    assert log_forwarding.packages(data, tls=True) == ["rsyslog", "rsyslog-gnutls", "logrotate"]
-    assert log_forwarding.packages(data, tls=False) == ["rsyslog", "logrotate"]
-    assert log_forwarding.packages(WORKER, tls=True) == ["rsyslog", "rsyslog-relp", "logrotate"]
+    tcp, relp = LogForwarding.from_data(data), LogForwarding.from_data(WORKER)
+    assert tcp.packages(tls=True) == ["rsyslog", "rsyslog-gnutls", "logrotate"]
+    assert tcp.packages(tls=False) == ["rsyslog", "logrotate"]
+    assert relp.packages(tls=True) == ["rsyslog", "rsyslog-relp", "logrotate"]
 
 
 def test_receiver_files_lines_by_the_senders_address_from_the_inventory():
-    text = log_forwarding.receive_config(ORCH, tls=True, peers=["worker2", "worker1"])
+    text = log_forwarding.receive_config(HostSettings(ORCH), tls=True, peers=["worker2", "worker1"])
     assert 'tls.authMode="name" tls.permittedPeer=["worker1", "worker2"]' in text
     assert 'lookup("autocode_workers", $fromhost-ip)' in text
     assert f'string="{ROOT}/logs/workers/%$.worker%/worker.log"' in text

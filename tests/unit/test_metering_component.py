@@ -14,9 +14,11 @@ from pathlib import Path
 
 from autocode.budget import BudgetLedger
 from autocode.traffic.config import parse_config
-from infra import components
 from infra.inventory_file import group_defaults
-from tasks import filebeat, metering
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
+from settings.metering import Metering
+from tasks import filebeat
 
 BUDGET = Path(sys.executable).with_name("autocode-budget")
 
@@ -31,9 +33,9 @@ def test_the_section_meters_every_worker_with_its_budget_and_agent():
     data = group_defaults("orchestrator")
     workers = {"worker1": {"daily_budget_usd": 25, "agent_type": "aider"},
                "worker2": {"daily_budget_usd": 7.5, "agent_type": "claude-code"}}
-    section = metering.metering_section({**data, "llm_apis_extra": [
-        {"host": "llm.internal", "path": "/v1/chat/completions", "provider": "openai"}]},
-        workers)
+    section = Metering.from_data({**data, "llm_apis_extra": [
+        {"host": "llm.internal", "path": "/v1/chat/completions", "provider": "openai"}]}
+    ).section(data["data_root"], data["timezone"], workers)
     config = parse_config({"spool_dir": "/s", "metering": section}).metering
     assert config.budgets == {"worker1": Decimal("25"), "worker2": Decimal("7.5")}
     assert config.agents == {"worker1": "aider", "worker2": "claude-code"}
@@ -94,9 +96,9 @@ def test_report_puts_metered_and_reported_side_by_side_and_flags_a_gap(tmp_path)
     files = [Path(f) for f in report["files"]]
     assert [f.suffix for f in files] == [".json", ".csv", ".svg", ".ndjson"]
     # The events Filebeat ships (tasks/filebeat.py reads exactly these files).
-    assert fnmatch.fnmatch(str(files[3]), filebeat.settings(
+    assert fnmatch.fnmatch(str(files[3]), filebeat.config(HostSettings(
         {**group_defaults("orchestrator"), "data_root": str(root),
-         "elasticsearch_mode": "local"})["filebeat.inputs"][3]["paths"][0])
+         "elasticsearch_mode": "local"}))["filebeat.inputs"][3]["paths"][0])
     events = [json.loads(line) for line in files[3].read_text().splitlines()]
     by_kind = {(e["spend"]["kind"], e["spend"]["worker"], e["spend"].get("model")): e["spend"]
                for e in events}

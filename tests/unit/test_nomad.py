@@ -9,15 +9,21 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from infra import components, hashicorp
+from infra import hashicorp
 from infra import nomad as nomad_state
 from infra.inventory_file import group_defaults
 from infra.nomad_api import NomadAPI, NomadAPIError
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
 from roles import orchestrator as orchestrator_role
 from roles import worker as worker_role
+from settings.nomad import Nomad
+from settings.vault import Vault
 from tasks import nomad, platform_ca
 from testing.nomad_double import NomadDouble, parse_hcl
 
@@ -26,7 +32,7 @@ PLANTED = "PLANTED-NOMAD-TOKEN-5e2b"
 
 def _data(group: str, **overrides):
     # The component's defaults whether or not the roles list it yet.
-    return {**group_defaults(group), **nomad.COMPONENT.settings, "worker_network":
+    return {**group_defaults(group), **nomad.COMPONENT.settings.defaults(), "worker_network":
             "10.0.1.0/24", "ssh_hostname": "10.0.1.11", **overrides}
 
 
@@ -48,7 +54,7 @@ def _blocks(doc, name):
 
 def test_the_job_runs_one_coding_agent_per_worker_as_the_seed_says():
     data = _data("orchestrator")
-    job_id, job = _blocks(parse_hcl(nomad.worker_job(data, 4, "10.0.1.1")), "job")[0]
+    job_id, job = _blocks(parse_hcl(nomad.worker_job(HostSettings(data), 4, "10.0.1.1")), "job")[0]
     assert job_id == "autocode-worker"
     assert job["datacenters"] == ["dc1"] and job["type"] == "service"
     [(group_name, group)] = _blocks(job, "group")
@@ -76,7 +82,7 @@ def test_the_job_runs_one_coding_agent_per_worker_as_the_seed_says():
 def test_the_job_follows_the_inventory_and_the_settings():
     data = _data("orchestrator", nomad_task_cores=2, nomad_task_memory_mb=4096,
                  install_dir="/srv/autocode", service_user="agent")
-    _, job = _blocks(parse_hcl(nomad.worker_job(data, 2, "10.9.0.1")), "job")[0]
+    _, job = _blocks(parse_hcl(nomad.worker_job(HostSettings(data), 2, "10.9.0.1")), "job")[0]
     _, group = _blocks(job, "group")[0]
     _, task = _blocks(group, "task")[0]
     assert group["count"] == 2 and task["user"] == "agent"
@@ -94,8 +100,8 @@ TLS = {"ca": platform_ca.TRUSTED_CA, "cert": "/etc/autocode/nomad/tls/agent.crt"
 
 def test_server_config_one_server_acls_gossip_key_and_tls():
     key = nomad_state.new_gossip_key()
-    doc = parse_hcl(nomad.server_config(_data("orchestrator"), "orchestrator", "10.0.1.1",
-                                        key, TLS))
+    doc = parse_hcl(nomad.server_config(HostSettings(_data("orchestrator")), "orchestrator",
+                                        "10.0.1.1", key, TLS))
     server = doc["server"][0]
     assert server["enabled"] is True and server["bootstrap_expect"] == 1
     assert server["encrypt"] == key and len(base64.b64decode(key)) == 32
@@ -110,13 +116,13 @@ def test_server_config_one_server_acls_gossip_key_and_tls():
     assert (tls["ca_file"], tls["cert_file"], tls["key_file"]) == \
         (TLS["ca"], TLS["cert"], TLS["key"])
     assert tls["http"] is tls["rpc"] is tls["verify_server_hostname"] is True
-    assert "tls" not in parse_hcl(nomad.server_config(_data("orchestrator"), "o", "10.0.1.1",
-                                                      key, None))
+    assert "tls" not in parse_hcl(nomad.server_config(HostSettings(_data("orchestrator")), "o",
+                                                      "10.0.1.1", key, None))
 
 
 def test_client_config_meta_chroot_env_and_host_volume():
     data = _data("workers", agent_type="aider", daily_budget_usd=25)
-    doc = parse_hcl(nomad.client_config(data, "worker3", "10.0.1.1", TLS))
+    doc = parse_hcl(nomad.client_config(HostSettings(data), "worker3", "10.0.1.1", TLS))
     client = doc["client"][0]
     assert client["enabled"] is True and client["servers"] == ["10.0.1.1:4647"]
     assert client["meta"][0] == {"agent_type": "aider", "worker_id": "worker3",
@@ -133,12 +139,12 @@ def test_client_config_meta_chroot_env_and_host_volume():
 
 
 def test_tls_only_with_the_platform_ca_and_with_the_names_nomad_checks(listed, monkeypatch):
-    assert nomad.tls_files("worker")["ca"] == platform_ca.TRUSTED_CA
+    assert nomad.tls_files(components, "worker")["ca"] == platform_ca.TRUSTED_CA
     assert nomad.tls_names("server", "global")[0] == "server.global.nomad"
     assert nomad.tls_names("client", "eu")[0] == "client.eu.nomad"
     monkeypatch.setattr(worker_role, "COMPONENTS",
                         [c for c in worker_role.COMPONENTS if c is not platform_ca])
-    assert nomad.tls_files("worker") is None
+    assert nomad.tls_files(components, "worker") is None
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -146,9 +152,7 @@ def test_tls_only_with_the_platform_ca_and_with_the_names_nomad_checks(listed, m
 
 def _problems(role, **data):
     group = "orchestrator" if role == "orchestrator" else "workers"
-    problems = components.Problems(role, "h")
-    nomad.check(problems, role, _data(group, **data))
-    return "\n".join(problems.items)
+    return "\n".join(components.check_host("h", role, _data(group, **data)))
 
 
 def test_default_settings_pass_and_bad_ones_are_named_with_the_fix():
@@ -174,17 +178,15 @@ def test_the_check_runs_in_the_one_validation_pass(listed):
 
 def test_hashicorp_key_fingerprint_one_setting_with_its_earlier_name():
     def problems(**data):
-        p = components.Problems("orchestrator", "h")
-        hashicorp.check(p, {"hashicorp_apt_key_fingerprint": hashicorp.KEY_FINGERPRINT,
-                            "vault_apt_key_fingerprint": None, **data})
-        return p.items
+        return components.check_host("h", "orchestrator", _data("orchestrator", **data))
 
     assert problems() == []
     assert "hashicorp_apt_key_fingerprint:" in problems(hashicorp_apt_key_fingerprint="abc")[0]
     other = "0" * 40
     assert problems(vault_apt_key_fingerprint=other) == []
-    assert hashicorp.key_fingerprint({"vault_apt_key_fingerprint": other,
-                                      "hashicorp_apt_key_fingerprint": "1" * 40}) == other
+    assert Vault.from_data({"vault_apt_key_fingerprint": other,
+                            "hashicorp_apt_key_fingerprint": "1" * 40}
+                           ).apt_key_fingerprint == other
     assert "set only hashicorp_apt_key_fingerprint" in problems(
         vault_apt_key_fingerprint=other, hashicorp_apt_key_fingerprint="1" * 40)[0]
 
@@ -229,12 +231,15 @@ def test_systemd_runner_plans_no_operation(role, monkeypatch):
     monkeypatch.setattr(nomad.hashicorp, "apt_repository", planned)
     deploy_function = getattr(nomad, role).__wrapped__
     group = "orchestrator" if role == "orchestrator" else "workers"
-    monkeypatch.setattr(nomad, "host", type("Host", (), {
-        "data": _Data(_data(group, worker_runner="systemd")), "name": "h"}))
-    assert deploy_function() is None
-    monkeypatch.setattr(nomad.host, "data", _Data(_data(group)))
+    def host(**data):  # a fresh run's host: settings are read once per run and stage
+        return type("Host", (), {"data": _Data(_data(group, **data)), "name": "h",
+                                 "groups": [group], "state": SimpleNamespace(current_stage=1)})
+
+    monkeypatch.setattr(nomad, "host", host(worker_runner="systemd"))
+    assert deploy_function(components) is None
+    monkeypatch.setattr(nomad, "host", host())
     with pytest.raises(_Planned):
-        deploy_function()
+        deploy_function(components)
 
 
 # -- the keys file --------------------------------------------------------------------------
@@ -242,9 +247,9 @@ def test_systemd_runner_plans_no_operation(role, monkeypatch):
 
 def test_keys_file_defaults_beside_the_inventory(monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOCODE_INVENTORY", str(tmp_path / "site.yaml"))
-    assert nomad.keys_file({}) == tmp_path / "site.nomad-keys.json"
-    assert nomad.keys_file({"nomad_keys_file": "~/n.json"}) == \
-        nomad.Path("~/n.json").expanduser()
+    assert Nomad.from_data({}).keys_file() == tmp_path / "site.nomad-keys.json"
+    assert Nomad.from_data({"nomad_keys_file": "~/n.json"}).keys_file() == \
+        Path("~/n.json").expanduser()
 
 
 def test_keys_file_is_0600_and_refused_when_open(monkeypatch, tmp_path):
@@ -282,7 +287,7 @@ class Backend:
         self.job_id = f"autocode-test-{uuid.uuid4().hex[:8]}"
 
     def hcl(self, count: int = 2) -> str:
-        text = nomad.worker_job(_data("orchestrator"), count, "10.0.1.1")
+        text = nomad.worker_job(HostSettings(_data("orchestrator")), count, "10.0.1.1")
         return text.replace(f'job "{nomad.JOB_ID}"', f'job "{self.job_id}"', 1)
 
     def job_index(self) -> int | None:
@@ -455,8 +460,8 @@ def test_hashicorp_repository_is_declared_once_per_host(monkeypatch):
                         lambda **kw: calls.append(("shell", kw)))
     monkeypatch.setattr(apt_repository, "file_content",
                         lambda **kw: calls.append(("file", kw)) or object())
-    data = {"hashicorp_apt_key_fingerprint": hashicorp.KEY_FINGERPRINT}
-    first, second = hashicorp.apt_repository(data), hashicorp.apt_repository(data)
+    key = hashicorp.KEY_FINGERPRINT
+    first, second = hashicorp.apt_repository(key), hashicorp.apt_repository(key)
     assert first is second and [kind for kind, _ in calls] == ["shell", "file"]
     assert hashicorp.KEY_FINGERPRINT in " ".join(calls[0][1]["commands"])
     sources = calls[1][1]

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import components, vault
+from infra import vault
 from infra.errors import InventoryError
 from infra.inventory_file import group_defaults, load
 from infra.vault_api import VaultAPI, VaultAPIError
+from roles import CATALOGUE as components
+from settings.vault import Vault
 from testing.openbao import OpenBao
 
 PLANTED = "PLANTED-SEED-VALUE-6f1c2a"
@@ -293,6 +295,14 @@ def test_seed_file_open_to_others_is_refused_without_showing_values(tmp_path):
     seed.write_text(yaml.safe_dump({"../etc": {"number": PLANTED}, "ok/path": "flat"}))
     text = _problems("orchestrator", vault_seed_file=str(seed))
     assert text.count("vault_seed_file:") == 2 and PLANTED not in text
+    # Reported beside another field's problem, in the same pass.
+    os.chmod(seed, 0o644)
+    pgp = str(tmp_path / "missing.asc")
+    text = _problems("orchestrator", vault_seed_file=str(seed), secrets_server="hashicorp",
+                     vault_key_shares=1, vault_key_threshold=1, vault_pgp_keys=[pgp])
+    for field in ("vault_seed_file", "secrets_server", "vault_pgp_keys"):
+        assert f"'h': {field}: " in text, field
+    assert f"{pgp} cannot be read" in text
 
 
 def test_bad_vault_settings_stop_the_inventory_before_any_connection(tmp_path):
@@ -307,18 +317,17 @@ def test_bad_vault_settings_stop_the_inventory_before_any_connection(tmp_path):
                      "data": {"secret_paths": ["crypto/../../x"]}}],
     }))
     with pytest.raises(InventoryError) as caught:
-        load(inventory)
+        load(components, inventory)
     text = caught.value.render()
     assert "orchestrator 'orch': secrets_server:" in text
     assert "worker 'w1': secret_paths:" in text
 
 
 def test_keys_file_defaults_beside_the_inventory(monkeypatch, tmp_path):
-    from tasks.vault import keys_file
-
     monkeypatch.setenv("AUTOCODE_INVENTORY", str(tmp_path / "site.yaml"))
-    assert keys_file({}) == tmp_path / "site.vault-keys.json"
-    assert keys_file({"vault_keys_file": "~/k.json"}) == Path("~/k.json").expanduser()
+    assert Vault.from_data({}).keys_file() == tmp_path / "site.vault-keys.json"
+    assert Vault.from_data({"vault_keys_file": "~/k.json"}).keys_file() == \
+        Path("~/k.json").expanduser()
 
 
 def test_a_bootstrap_cut_short_is_finished_and_the_admin_token_lives_a_year(bao, tmp_path):

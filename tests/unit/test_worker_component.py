@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from autocode.config import parse_worker_config
-from infra import components
 from infra.inventory_file import group_defaults
 from infra.render import TEMPLATES, render
-from tasks import agent_clis, worker
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
+from settings.agent_clis import AgentClis
+from tasks import worker
 
 VERSIONS = TEMPLATES / "agent_clis" / "versions.py"
 
@@ -37,7 +39,7 @@ def test_worker_yaml_is_what_the_runtime_reads_with_every_inventory_value():
                        model_endpoint="https://llm.example/v1", model_name="m1",
                        agent_limits={**group_defaults("workers")["agent_limits"],
                                      "task_timeout_s": 900})
-    text = worker.render_config("worker2", data)
+    text = worker.render_config(HostSettings(data), "worker2")
     assert text.startswith("# Managed by autocode")
     raw = yaml.safe_load(text)
     config = parse_worker_config(raw, on_host=False)
@@ -47,20 +49,20 @@ def test_worker_yaml_is_what_the_runtime_reads_with_every_inventory_value():
     assert config.task_timeout_s == 900 and config.max_turns == 50
     assert config.model_endpoint == "https://llm.example/v1" and config.model_name == "m1"
     assert config.orchestrator_url == "http://10.0.1.1"
-    assert config.vault_addr == "https://10.0.1.1:8200"
-    assert str(config.vault_cacert).endswith("autocode-platform-ca.crt")
+    # Vault's address is the agents' (vault.env, read by SecretManager), not the runtime's.
+    assert "vault_addr" not in raw and "vault_cacert" not in raw
     assert config.agent_binaries == {"aider": "/opt/autocode/agent-clis/aider/bin/aider"}
 
 
 def test_defaults_point_agents_at_the_orchestrators_model_api():
-    raw = yaml.safe_load(worker.render_config("worker1", worker_data()))
+    raw = yaml.safe_load(worker.render_config(HostSettings(worker_data()), "worker1"))
     assert raw["model_endpoint"] == "http://10.0.1.1:8000/v1"
     assert raw["agent_binaries"] == {"claude-code": "/opt/autocode/agent-clis/npm/bin/claude"}
     assert problems_of() == ""
 
 
 def test_all_clis_option_puts_every_binary_in_the_config():
-    raw = yaml.safe_load(worker.render_config("w", worker_data(agent_clis_all=True)))
+    raw = yaml.safe_load(worker.render_config(HostSettings(worker_data(agent_clis_all=True)), "w"))
     assert sorted(raw["agent_binaries"]) == ["aider", "claude-code", "cursor-cli", "qwen-coder"]
     assert raw["agent_binaries"]["cursor-cli"] == "/var/lib/autocode/.local/bin/cursor-agent"
 
@@ -108,11 +110,17 @@ def test_agent_cli_settings_are_checked_before_any_host():
 
 
 def test_pins_follow_what_the_worker_installs():
-    assert agent_clis.pins(worker_data(agent_type="aider")) == {"aider": "0.86.2"}
+    def pins(data):
+        return AgentClis.from_data(data).pins(data["agent_type"])
+
+    def node_bin_dir(data):
+        return AgentClis.from_data(data).node_bin_dir(data["install_dir"])
+
+    assert pins(worker_data(agent_type="aider")) == {"aider": "0.86.2"}
     npm = worker_data(agent_type="qwen-coder", node_source="npm-registry")
-    assert agent_clis.pins(npm) == {"qwen-coder": "0.24.4", "node": "22.23.5", "npm": "10.9.9"}
-    assert agent_clis.node_bin_dir(npm) == "/opt/autocode/node/bin"
-    assert agent_clis.node_bin_dir(worker_data()) == "/usr/bin"
+    assert pins(npm) == {"qwen-coder": "0.24.4", "node": "22.23.5", "npm": "10.9.9"}
+    assert node_bin_dir(npm) == "/opt/autocode/node/bin"
+    assert node_bin_dir(worker_data()) == "/usr/bin"
 
 
 def test_the_unit_is_the_seeds_and_hardened():

