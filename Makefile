@@ -84,3 +84,14 @@ test: system-deps $(STAMP)
 	.ci/beside "serving (CPU)" $(MAKE) serve-test -- \
 	  "lab (Debian 12)" $(MAKE) lab-test || status=$$?; \
 	.ci/phase --table "$$began"; rm -f "$$AUTOCODE_PHASES"; exit $$status
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench
+	$(PY) -m bench.cache
+	$(PY) -m bench.deploy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
