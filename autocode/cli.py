@@ -56,6 +56,7 @@ from autocode.config import (
     load_task_file,
     load_worker_config,
 )
+from autocode.control.worker import serve_from_orchestrator
 from autocode.logging import configure_logging
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
@@ -273,6 +274,8 @@ def _write_json_atomically(path: Path, data: Any) -> None:
 # -- serve -----------------------------------------------------------------------------
 
 def _serve(config: WorkerConfig, agent: HeadlessCliAgent, args) -> int:
+    if config.claims_from_orchestrator:
+        return serve_from_orchestrator(config, agent, once=args.once, max_tasks=args.max_tasks)
     claimed_dir = config.inbox_dir / CLAIMED_DIR_NAME
     for directory in (config.inbox_dir, claimed_dir, config.results_dir, config.rejected_dir):
         directory.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,11 @@ Optional (default):
                                             e.g. {claude-code: /usr/local/bin/claude}
   agent_extra_args:   []                    extra arguments for the agent CLI
   orchestrator_url:   (none)                http(s) URL of the orchestrator
+  control_cert:       (none)                this worker's client certificate for
+  control_key:        (none)                autocode-control (with its key and the CA that
+  control_ca:         (none)                signed the service's); all three set: `serve`
+                                            claims tasks from orchestrator_url (https)
+                                            instead of the inbox
 
 The environment overrides three of them, as the Nomad job and the systemd unit set them:
 DAILY_BUDGET (daily_budget_usd), PROJECT_ID (project_id), ORCHESTRATOR_URL
@@ -104,6 +109,13 @@ class WorkerConfig:
     agent_binaries: dict[str, str] = field(default_factory=dict)
     agent_extra_args: tuple[str, ...] = ()
     orchestrator_url: str | None = None
+    control_cert: Path | None = None
+    control_key: Path | None = None
+    control_ca: Path | None = None
+
+    @property
+    def claims_from_orchestrator(self) -> bool:
+        return self.control_cert is not None
 
     @property
     def results_dir(self) -> Path:
@@ -273,6 +285,22 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
         check_url(problems, "orchestrator_url", raw["orchestrator_url"], ("http", "https"),
                   "http://10.0.1.1")
         values["orchestrator_url"] = str(raw["orchestrator_url"])
+    control = {n: raw.get(n) for n in ("control_cert", "control_key", "control_ca")}
+    if any(v is not None for v in control.values()):
+        for name, value in control.items():
+            if value is None:
+                problem(name, "set control_cert, control_key and control_ca together (the "
+                              "client certificate for autocode-control), or none of them")
+            elif not Path(str(value)).is_absolute():
+                problem(name, f"{value} must be an absolute path")
+            elif on_host and not Path(str(value)).is_file():
+                problem(name, f"{value} does not exist; the deploy writes it")
+            else:
+                values[name] = Path(str(value))
+        url = raw.get("orchestrator_url")
+        if url is None or urlparse(str(url)).scheme != "https":
+            problem("orchestrator_url", f"{url!r}: claiming from the orchestrator needs its "
+                                        "https URL; write e.g. https://10.0.1.1:7444")
     for name, (kind, zero_ok) in LIMITS.items():
         if name in raw and check_limit(problems, name, raw[name], kind, zero_ok):
             values[name] = kind(raw[name])

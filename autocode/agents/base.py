@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -19,6 +21,7 @@ from autocode.budget import BudgetLedger, BudgetStatus
 from .process import ProcessOutcome, run_bounded
 from .types import (
     AGENT_REPORTED,
+    CANCELLED,
     FAILED,
     REFUSED_BUDGET,
     SUCCEEDED,
@@ -96,7 +99,10 @@ class HeadlessCliAgent(CodingAgent):
                               "from metered charges in the ledger")
         return report
 
-    def execute_task(self, task: Task) -> TaskResult:
+    def execute_task(self, task: Task, *, cancel: threading.Event | None = None,
+                     on_output: Callable[[bytes], None] | None = None) -> TaskResult:
+        """`cancel`: set it to kill the CLI's process group (the result is `cancelled`);
+        `on_output`: sees the CLI's output as it comes."""
         status = self.check_budget()
         if not status.allowed:
             logger.warning("refusing task {}: daily budget spent ({} of {} USD)",
@@ -127,7 +133,8 @@ class HeadlessCliAgent(CodingAgent):
             outcome = run_bounded(argv, env=env, cwd=workdir, timeout_s=timeout,
                                   max_stdout_bytes=self.config.max_output_bytes,
                                   stderr_tail_bytes=self.config.stderr_tail_bytes,
-                                  kill_grace_s=self.config.kill_grace_s)
+                                  kill_grace_s=self.config.kill_grace_s,
+                                  cancel=cancel, on_output=on_output)
         except OSError as exc:  # exists but cannot run: not executable, bad interpreter
             return TaskResult(task.task_id, self.kind, FAILED, logs_path=run_dir,
                               error=f"cannot start {binary}: {exc.strerror or exc}")
@@ -186,6 +193,9 @@ class HeadlessCliAgent(CodingAgent):
     def _interpret(self, ctx: RunContext, outcome: ProcessOutcome) -> TaskResult:
         task_id = ctx.task.task_id
         stderr_tail = outcome.stderr_text()[-2000:] or "(empty)"
+        if outcome.cancelled:
+            return TaskResult(task_id, self.kind, CANCELLED, exit_code=outcome.returncode,
+                              error="cancelled: its process group was killed")
         if outcome.timed_out:
             limit = ctx.task.timeout_s or self.config.task_timeout_s
             return TaskResult(task_id, self.kind, TIMED_OUT, exit_code=outcome.returncode,

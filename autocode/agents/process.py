@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ class ProcessOutcome:
     stderr_total_bytes: int
     timed_out: bool
     duration_s: float
+    cancelled: bool = False
 
     @property
     def stdout_truncated(self) -> bool:
@@ -44,9 +45,9 @@ class ProcessOutcome:
 class _Capture(threading.Thread):
     """Drains a pipe, counting every byte and keeping at most about `limit` of them."""
 
-    def __init__(self, fd: int, limit: int):
+    def __init__(self, fd: int, limit: int, observe: Callable[[bytes], None] | None = None):
         super().__init__(daemon=True)
-        self._fd, self._limit = fd, limit
+        self._fd, self._limit, self._observe = fd, limit, observe
         self.data = bytearray()
         self.total = 0
 
@@ -54,6 +55,8 @@ class _Capture(threading.Thread):
         while chunk := _read(self._fd):
             self.total += len(chunk)
             self._keep(chunk)
+            if self._observe is not None:
+                self._observe(chunk)
 
     def _keep(self, chunk: bytes) -> None:
         raise NotImplementedError
@@ -100,8 +103,13 @@ def run_bounded(
     max_stdout_bytes: int,
     stderr_tail_bytes: int = 16 * 1024,
     kill_grace_s: float = 5.0,
+    cancel: threading.Event | None = None,
+    on_output: Callable[[bytes], None] | None = None,
 ) -> ProcessOutcome:
-    """Run argv to completion or timeout. Raises OSError only if it cannot start at all."""
+    """Run argv to completion, timeout or `cancel` (its whole group is killed within a
+    fraction of a second of it being set). `on_output` sees every chunk of stdout and
+    stderr as it comes (the live log), from the reader threads. Raises OSError only if it
+    cannot start at all."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -113,16 +121,27 @@ def run_bounded(
         start_new_session=True,  # own process group: pgid == pid
     )
     assert proc.stdout is not None and proc.stderr is not None
-    out = _HeadCapture(proc.stdout.fileno(), max_stdout_bytes)
-    err = _TailCapture(proc.stderr.fileno(), stderr_tail_bytes)
+    out = _HeadCapture(proc.stdout.fileno(), max_stdout_bytes, on_output)
+    err = _TailCapture(proc.stderr.fileno(), stderr_tail_bytes, on_output)
     out.start()
     err.start()
 
-    timed_out = False
+    timed_out = cancelled = False
+    deadline = started + timeout_s
     try:
-        proc.wait(timeout=timeout_s)
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif time.monotonic() >= deadline:
+                    timed_out = True
+                else:
+                    continue
+                raise
     except subprocess.TimeoutExpired:
-        timed_out = True
         kill_process_group(proc.pid, signal.SIGTERM)  # let the CLI save its state
         try:
             proc.wait(timeout=kill_grace_s)
@@ -145,4 +164,5 @@ def run_bounded(
         stderr_total_bytes=err.total,
         timed_out=timed_out,
         duration_s=time.monotonic() - started,
+        cancelled=cancelled,
     )

@@ -16,7 +16,8 @@ FAILED = "failed"
 TIMED_OUT = "timed_out"
 REFUSED_BUDGET = "refused_budget"
 INTERRUPTED = "interrupted"
-STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, REFUSED_BUDGET, INTERRUPTED)
+CANCELLED = "cancelled"  # an operator asked; the CLI's process group was killed
+STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, REFUSED_BUDGET, INTERRUPTED, CANCELLED)
 
 # Where a cost figure came from; mirrors the ledger's `source` column.
 AGENT_REPORTED = "agent-reported"
