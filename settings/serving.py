@@ -208,7 +208,7 @@ class Serving(Settings):
                                  f"model {model.name!r}: with model_serving cpu use 1")
             return
         for field, text in make_plan(gpus, models).problems:
-            problems.add(field, text + " (see the whole plan: autocode-plan)")
+            problems.add(field, text + " (see the whole plan: python -m infra.plan_cli)")
 
     def private_ports(self) -> dict[int, list[str]]:
         # Ray's GCS and dashboard have no authentication: loopback only.

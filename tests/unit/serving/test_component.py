@@ -46,7 +46,7 @@ def test_the_seeds_configuration_is_refused_before_any_host():
     assert any("serving_models[1].gpu_memory_utilization: model 'deepseek-r1-32b' "
                "(always-on, tensor_parallel_size 2) cannot share GPU 0, 1" in p
                for p in problems)
-    assert all(p.endswith("(see the whole plan: autocode-plan)") for p in problems)
+    assert all(p.endswith("(see the whole plan: python -m infra.plan_cli)") for p in problems)
 
 
 def test_the_plan_follows_the_gpus_the_inventory_names():
