@@ -92,6 +92,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.cache
 	$(PY) -m bench.deploy
+	$(PY) -m bench.control
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
