@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from testing.standins import make_standin
 from autocode.control.client import ControlError
+from testing.standins import make_standin
 from tests.unit.control.conftest import WORKERS, write_config
 from tests.unit.control.test_front_door import FrontDoor, env
 
