@@ -271,6 +271,13 @@ class AutocodeLogger:
                                           "include_usage": True}
                 flow.request.content = json.dumps(body).encode()
         flow.metadata[REQUEST_FACTS] = (model, len(content))
+        _, worker = metered
+        refusal = self.meter.reserve(flow.id, worker, self.meter.worst_case(
+            model, body, len(flow.request.content or b"")))
+        if refusal is not None:  # its worst case does not fit in what is left of the day
+            flow.metadata[REFUSED] = refusal
+            flow.response = json_response(*error_answer(api.provider, refusal))
+            return
         # Read as it passes: an encoding the tap cannot undo would leave it blind.
         flow.request.headers["accept-encoding"] = "identity"
 
@@ -290,7 +297,10 @@ class AutocodeLogger:
         if worker is not None and self.rate_limiter is not None:
             self.rate_limiter.done(worker)
         metered = flow.metadata.pop(METERED, None)
-        if metered is None or self.meter is None or flow.metadata.get(REFUSED):
+        if metered is None or self.meter is None:
+            return
+        if flow.metadata.get(REFUSED):
+            self.meter.release(flow.id)  # nothing went upstream: nothing is held or owed
             return
         api, worker = metered
         model, request_bytes = flow.metadata.get(REQUEST_FACTS, (None, 0))

@@ -45,6 +45,12 @@ from autocode.budget import BudgetLedger, micros_to_usd, usd_to_micros
 PROVIDERS = ("anthropic", "openai")
 MAX_JSON_BODY = 32 * 1024 * 1024  # a larger non-streamed answer is estimated, not parsed
 BYTES_PER_TOKEN = 4
+# The worst case of a request's input, for a reservation: text runs 3-4 bytes per token in
+# English and about 3 in CJK, and JSON's syntax adds bytes that cost nothing; 3 errs high.
+BYTES_PER_INPUT_TOKEN_BOUND = 3
+# Fields that bound a call's output, per API shape (Messages, chat completions, Responses).
+OUTPUT_BOUNDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+DEFAULT_OUTPUT_LIMIT = 32768  # a call that names no bound may generate this many
 MILLION = Decimal(1_000_000)
 
 
@@ -323,6 +329,8 @@ class MeteringConfig:
     requests_per_second: float = 0.0  # per worker; 0: no limit
     burst: int = 0
     max_concurrent: int = 0  # open HTTP flows per worker; 0: no limit
+    # The output a call that names no max_tokens is reserved for (the model's limit).
+    output_limit_tokens: int = DEFAULT_OUTPUT_LIMIT
 
 
 class Meter:
@@ -335,6 +343,9 @@ class Meter:
         self.tz = ZoneInfo(config.timezone)
         self._lock = threading.Lock()
         self._spent: dict[tuple[str, date], int] = {}  # micro-dollars
+        # What calls in flight may still cost, per worker and day, and per flow.
+        self._held: dict[tuple[str, date], int] = {}
+        self._reservations: dict[str, tuple[tuple[str, date], int]] = {}
         self._warned: set[tuple[str, date]] = set()
         self._queue: queue.Queue[Charge | None] = queue.Queue()
         self._ledger = BudgetLedger(config.ledger_path, config.timezone)
@@ -380,13 +391,69 @@ class Meter:
                 f"({spent} USD metered today); new model calls are refused until "
                 f"{resets.isoformat()} ({self.config.timezone})")
 
+    def worst_case(self, model: str | None, body: Any, request_bytes: int) -> Decimal:
+        """The most a call can cost: its input estimated high from its size, its output at
+        the bound it names (else the model's limit), at the model's price."""
+        bound = None
+        if isinstance(body, dict):
+            for name in OUTPUT_BOUNDS:
+                value = body.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    bound = value
+                    break
+        usage = Usage(model=model, input_tokens=-(-request_bytes // BYTES_PER_INPUT_TOKEN_BOUND),
+                      output_tokens=bound or self.config.output_limit_tokens)
+        return self.prices.cost(usage)[0]
+
+    def reserve(self, flow_id: str, worker: str, worst_usd: Decimal) -> str | None:
+        """Holds a call's worst case against what is left of the worker's day, or says why
+        it does not fit (None: held). Calls started at once can then never add up past the
+        cap: each one's share is taken before it is forwarded, and given back, down to what
+        it really cost, when it ends (`charge`) or never happens (`release`)."""
+        budget = self.config.budgets.get(worker)
+        if budget is None:
+            return None
+        key, amount = (worker, self.today()), usd_to_micros(worst_usd)
+        with self._lock:
+            spent, held = self._spent.get(key, 0), self._held.get(key, 0)
+            if spent + held + amount > usd_to_micros(budget):
+                left = max(0, usd_to_micros(budget) - spent - held)
+                resets = datetime.combine(self.today() + timedelta(days=1), time.min,
+                                          tzinfo=self.tz)
+                return (f"autocode: the daily budget of {budget} USD for worker {worker} is "
+                        f"spent for a call this large: {micros_to_usd(spent)} USD metered today "
+                        f"and {micros_to_usd(held)} USD held by calls in flight leave "
+                        f"{micros_to_usd(left)} USD, and this call could cost up to "
+                        f"{micros_to_usd(amount)} USD (its input and max_tokens at its model's "
+                        f"price); ask for fewer tokens, or wait until {resets.isoformat()} "
+                        f"({self.config.timezone})")
+            self._held[key] = held + amount
+            self._reservations[flow_id] = (key, amount)
+        return None
+
+    def release(self, flow_id: str) -> None:
+        with self._lock:
+            self._release(flow_id)
+
+    def _release(self, flow_id: str) -> None:
+        reserved = self._reservations.pop(flow_id, None)
+        if reserved is not None:
+            key, amount = reserved
+            self._held[key] = self._held.get(key, 0) - amount
+
+    def held_today(self, worker: str) -> Decimal:
+        with self._lock:
+            return micros_to_usd(self._held.get((worker, self.today()), 0))
+
     # -- charging ------------------------------------------------------------------------
 
     def charge(self, flow_id: str, worker: str, provider: str, usage: Usage) -> Charge:
+        """Prices the call, adds it to the worker's day and gives back its reservation."""
         cost, unknown = self.prices.cost(usage)
         charge = Charge(flow_id, worker, provider, usage, cost, unknown, datetime.now(UTC))
         key = (worker, charge.at.astimezone(self.tz).date())
         with self._lock:
+            self._release(flow_id)
             self._spent[key] = self._spent.get(key, 0) + usd_to_micros(cost)
             spent = self._spent[key]
         budget = self.config.budgets.get(worker)
@@ -486,7 +553,7 @@ class RateLimiter:
 
 _METERING_KEYS = {"ledger", "timezone", "apis", "prices", "prices_taken_on",
                   "unknown_model_price", "workers", "warn_share", "inject_stream_usage",
-                  "rate_limit"}
+                  "rate_limit", "output_limit_tokens"}
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^[0-9a-f:.]+$")
 
 
@@ -656,6 +723,11 @@ def parse_metering(p, raw: Any) -> MeteringConfig | None:
         agents[str(worker)] = str(entry.get("agent_type", "unknown"))
     share = parse_warn_share(p, "metering.warn_share", raw.get("warn_share", "0.8"))
     rate = parse_rate_limit(p, "metering.rate_limit", raw.get("rate_limit") or {})
+    limit = raw.get("output_limit_tokens", DEFAULT_OUTPUT_LIMIT)
+    if not (isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit <= 10_000_000):
+        p.add("metering.output_limit_tokens", f"must be a whole number of tokens > 0, got "
+              f"{limit!r}", f"write e.g. {DEFAULT_OUTPUT_LIMIT}, the models' output limit")
+        limit = DEFAULT_OUTPUT_LIMIT
     inject = raw.get("inject_stream_usage", True)
     if not isinstance(inject, bool):
         p.add("metering.inject_stream_usage", f"must be true or false, got {inject!r}",
@@ -666,4 +738,4 @@ def parse_metering(p, raw: Any) -> MeteringConfig | None:
         ledger_path=Path(ledger), apis=tuple(apis), prices=prices,
         prices_taken_on=str(taken_on), unknown_model_price=unknown, budgets=budgets,
         agents=agents, timezone=str(zone), warn_share=share or Decimal("0.8"),
-        inject_stream_usage=inject is True, **rate)
+        inject_stream_usage=inject is True, output_limit_tokens=limit, **rate)

@@ -128,12 +128,15 @@ def test_every_call_is_charged_to_its_worker_exactly(lab, ssh, converged):
 
 @pytest.fixture(scope="module")
 def tight(lab, pyinfra, tmp_path_factory):
-    """worker2 and worker4 with a day's budget already spent; back to the lab's after."""
+    """worker2 and worker4 with a day's budget too small for any call: the worst case of the
+    smallest call (64 output tokens) is 0.0008 USD for the openai model and 0.0011 for the
+    anthropic one, so the proxy refuses every call before it goes upstream; back to the
+    lab's budgets after."""
     doc = yaml.safe_load(lab.inventory_file.read_text())
     doc["data"]["vault_keys_file"] = str(lab.inventory_file.with_name(
         f"{lab.inventory_file.stem}.vault-keys.json"))
     for index in (1, 3):
-        doc["workers"][index]["daily_budget_usd"] = 0.001
+        doc["workers"][index]["daily_budget_usd"] = 0.0005
     inventory = tmp_path_factory.mktemp("metering") / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     result, _ = Pyinfra(inventory).run()
@@ -151,7 +154,7 @@ def test_a_spent_day_is_refused_in_the_providers_shape_and_other_traffic_flows(
     assert {c["status"] for c in anthropic} == {400} and {c["status"] for c in openai} == {429}
     error = anthropic[0]["body"]
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
-    assert "daily budget of 0.001 USD for worker worker4 is spent" in \
+    assert "daily budget of 0.0005 USD for worker worker4 is spent" in \
         error["error"]["message"]
     assert openai[0]["body"]["error"]["code"] == "insufficient_quota"
     assert anthropic[0]["retry"] == "false"

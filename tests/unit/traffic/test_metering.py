@@ -196,6 +196,54 @@ def test_the_cap_counts_at_once_survives_a_restart_and_the_ledger_is_exact(tmp_p
     assert len(BudgetLedger(tmp_path / "ledger.sqlite3").charges()) == 3
 
 
+def test_a_reservation_holds_the_worst_case_and_settles_to_the_real_cost(tmp_path):
+    meter = Meter(metering_config(tmp_path), logging.getLogger("test"))  # w1: 0.01 USD
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 200, "messages": []}
+    # 300 bytes -> 100 input tokens at 3, 200 output at 15: 0.0033 USD.
+    assert meter.worst_case("claude-sonnet-4-5", body, 300) == Decimal("0.0033")
+    for name in ("max_completion_tokens", "max_output_tokens"):
+        assert meter.worst_case("claude-sonnet-4-5", {name: 1000}, 3) == Decimal("0.015003")
+    # No bound named (or a nonsense one): the model's output limit, 32768 by default.
+    for bad in ({}, {"max_tokens": 0}, {"max_tokens": True}, {"max_tokens": "9"}, None):
+        assert meter.worst_case("claude-sonnet-4-5", bad, 0) == Decimal("0.49152")
+    # A model without a price: the conservative rate for unknown models.
+    assert meter.worst_case("mystery", {"max_tokens": 1000}, 0) == Decimal("0.075")
+    assert meter.reserve("f1", "w1", Decimal("0.0033")) is None
+    assert meter.reserve("f2", "w1", Decimal("0.0033")) is None
+    assert meter.reserve("f3", "w1", Decimal("0.0033")) is None
+    refusal = meter.reserve("f4", "w1", Decimal("0.0033"))
+    assert "is spent for a call this large" in refusal and "0.0099 USD held" in refusal
+    assert meter.held_today("w1") == Decimal("0.0099")
+    meter.charge("f1", "w1", "anthropic", Usage(model="claude-sonnet-4-5", input_tokens=100,
+                                                output_tokens=10, reported=True,
+                                                complete=True))  # 0.00045 USD
+    meter.release("f2")  # refused downstream, or the client went away: nothing owed
+    assert meter.held_today("w1") == Decimal("0.0033")
+    assert meter.spent_today("w1") == Decimal("0.00045")
+    assert meter.reserve("f4", "w1", Decimal("0.0033")) is None  # room again
+    assert meter.reserve("any", "w2", Decimal("99")) is None  # no budget: no cap
+    meter.close()
+
+
+def test_reservations_from_many_threads_never_pass_the_cap(tmp_path):
+    import threading
+    meter = Meter(metering_config(tmp_path), logging.getLogger("test"))
+    held, lock = [], threading.Lock()
+
+    def take(n: int) -> None:
+        if meter.reserve(f"flow-{n}", "w1", Decimal("0.0009")) is None:
+            with lock:
+                held.append(n)
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(held) == 11  # 11 x 0.0009 = 0.0099 <= 0.01 < 12 x 0.0009
+    meter.close()
+
+
 def test_rate_limiter_refuses_bursts_and_open_flows_over_the_limit():
     limiter = RateLimiter(per_second=2, burst=2, max_concurrent=0)
     assert limiter.admit("w1", 100.0) is None and limiter.admit("w1", 100.0) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -128,30 +129,76 @@ def test_every_call_is_charged_exactly_what_its_usage_costs(tmp_path, fixture_po
     assert len(llm) == 12 and sum(Decimal(x["cost_usd"]) for x in llm) == expected
 
 
-def test_the_spent_day_is_refused_in_the_providers_shape_and_other_traffic_flows(
+def test_a_call_whose_worst_case_does_not_fit_is_refused_in_the_providers_shape(
         tmp_path, fixture_port):
+    # 0.0001 USD: less than 100 output tokens at 15 USD per million, the first call's bound.
     config = write_config(tmp_path, fixture_port, budget="0.0001")
     with upstream_server() as plain, mitmdump(tmp_path, config) as (proxy, _):
         path, _, body = CALLS[0]
-        assert call(proxy, fixture_port, path, body)[0] == 200  # in flight: finishes, charged
         status, headers, raw = call(proxy, fixture_port, path, body)
         assert status == 400 and headers["x-should-retry"] == "false"
         error = json.loads(raw)
         assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
-        assert "daily budget of 0.0001 USD for worker w1 is spent" in error["error"]["message"]
-        assert "refused until" in error["error"]["message"]
+        message = error["error"]["message"]
+        assert "daily budget of 0.0001 USD for worker w1 is spent for a call this large" in \
+            message and "could cost up to 0.001" in message and "until" in message
         status, _, raw = call(proxy, fixture_port, "/v1/chat/completions", CALLS[2][2])
         assert status == 429 and json.loads(raw)["error"]["code"] == "insufficient_quota"
         conn = http.client.HTTPConnection(HOST, proxy, timeout=10)
         conn.request("GET", f"http://{HOST}:{plain}/bytes/10")
         assert conn.getresponse().status == 200  # not an LLM call: unaffected
-        wait_for(lambda: len(spooled(tmp_path)) >= 4)
+        wait_for(lambda: len(spooled(tmp_path)) >= 3)
     blocked = [r for r in spooled(tmp_path) if r["verdict"] == "blocked"]
     assert len(blocked) == 2 and all("budget" in r["reason"] for r in blocked)
-    assert len(ledger_rows(tmp_path)) == 1
-    # A restarted proxy knows the day is spent.
+    assert ledger_rows(tmp_path) == []  # refused before going upstream: nothing owed
+
+
+def test_a_day_already_spent_is_refused_after_a_restart(tmp_path, fixture_port):
+    config = write_config(tmp_path, fixture_port, budget="0.01")
+    ledger = BudgetLedger(tmp_path / "metered.sqlite3")
+    ledger.charge(idempotency_key="metered:before", worker_id="w1", agent="claude-code",
+                  task_id="-", amount_usd="0.01", source="metered")
+    ledger.close()
     with mitmdump(tmp_path, config) as (proxy, _):
-        assert call(proxy, fixture_port, path, body)[0] == 400
+        path, _, body = CALLS[0]
+        status, _, raw = call(proxy, fixture_port, path, body)
+    assert status == 400
+    assert "daily budget of 0.01 USD for worker w1 is spent (0.01 USD metered today)" in \
+        json.loads(raw)["error"]["message"]
+
+
+def test_calls_started_at_once_never_add_up_past_the_cap(tmp_path, fixture_port):
+    """50 calls at once, each held 2 s upstream, against a day that fits the worst case of
+    5: the others are refused at once, and what is metered stays within the budget."""
+    body = {"model": "lab-model", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Wait 2 seconds first. " + PROMPT}]}
+    probe = worst_case_of(body)
+    budget = probe * 5 + Decimal("0.000001")
+    config = write_config(tmp_path, fixture_port, budget=str(budget))
+    with mitmdump(tmp_path, config) as (proxy, log):
+        with ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(lambda _: call(proxy, fixture_port, "/v1/messages", body),
+                                    range(50)))
+        answered = [r for r in results if r[0] == 200]
+        rows = wait_for(lambda: len(ledger_rows(tmp_path)) >= len(answered)
+                        and ledger_rows(tmp_path))
+    refused = [r for r in results if r[0] == 400]
+    assert len(answered) + len(refused) == 50, [r[0] for r in results]
+    assert 1 <= len(answered) <= 5, log.read_text()[-2000:]
+    assert len(rows) == len(answered)  # the refused ones cost nothing
+    spent = sum(Decimal(r["amount_usd"]) for r in rows)
+    assert spent <= budget
+    print(f"\n50 concurrent calls, budget {budget} USD (5 worst cases): {len(answered)} "
+          f"answered, {len(refused)} refused, {spent} USD metered")
+
+
+def worst_case_of(body: dict) -> Decimal:
+    """The proxy's own reservation for this body, from its code: input bytes / 3 at the
+    input price, max_tokens at the output price."""
+    from autocode.traffic.metering import BYTES_PER_INPUT_TOKEN_BOUND
+    size = len(json.dumps(body).encode())
+    tokens_in = -(-size // BYTES_PER_INPUT_TOKEN_BOUND)
+    return (tokens_in * Decimal(3) + body["max_tokens"] * Decimal(15)) / 1_000_000
 
 
 def test_a_rate_limit_answers_429_with_retry_after(tmp_path, fixture_port):
