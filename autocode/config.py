@@ -26,6 +26,10 @@ Optional (default):
   agent_binaries:     {}                    per agent type, a command name or full path,
                                             e.g. {claude-code: /usr/local/bin/claude}
   agent_extra_args:   []                    extra arguments for the agent CLI
+  agent_user:         (none)                the account the agent CLI runs as, when not
+                                            the worker's own (the worker needs root or
+                                            CAP_SETUID/CAP_SETGID); its work tree is
+                                            handed to it, nothing else of the worker's
   orchestrator_url:   (none)                http(s) URL of the orchestrator
   control_cert:       (none)                this worker's client certificate for
   control_key:        (none)                autocode-control (with its key and the CA that
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import json
 import math
+import pwd
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -108,6 +113,7 @@ class WorkerConfig:
     logs_root: Path = Path()
     agent_binaries: dict[str, str] = field(default_factory=dict)
     agent_extra_args: tuple[str, ...] = ()
+    agent_user: str | None = None
     orchestrator_url: str | None = None
     control_cert: Path | None = None
     control_key: Path | None = None
@@ -146,7 +152,7 @@ class WorkerConfig:
             binary_path=self.agent_binaries.get(self.agent_type),
             task_timeout_s=self.task_timeout_s, kill_grace_s=self.kill_grace_s,
             max_turns=self.max_turns, max_output_bytes=self.max_output_mb * 1024 * 1024,
-            extra_args=self.agent_extra_args,
+            extra_args=self.agent_extra_args, run_as=self.agent_user,
         )
 
 
@@ -326,6 +332,16 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
         extra = []
     values["agent_extra_args"] = tuple(extra)
 
+    user = raw.get("agent_user")
+    if user is not None:
+        if not (isinstance(user, str) and NAME_PATTERN.match(user)):
+            problem("agent_user", f"{user!r} is not an account name")
+        elif on_host and not _account_exists(user):
+            problem("agent_user", f"no account {user!r} on this host; create it (the deploy "
+                                  "does) or remove the setting")
+        else:
+            values["agent_user"] = user
+
     for name in ("artifacts_dir", "inbox_dir", "logs_root"):
         if raw.get(name) is not None and not Path(str(raw[name])).is_absolute():
             problem(name, f"{raw[name]} must be an absolute path")
@@ -343,6 +359,14 @@ def parse_worker_config(raw: dict[str, Any], source: str = "worker.yaml",
     values["inbox_dir"] = Path(str(raw.get("inbox_dir") or artifacts / "inbox"))
     values["logs_root"] = Path(str(raw.get("logs_root") or data_root / "logs"))
     return WorkerConfig(**values)
+
+
+def _account_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
 
 
 def _decimal(value: Any) -> Decimal | None:

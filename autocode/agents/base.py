@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import threading
 import uuid
@@ -126,6 +127,13 @@ class HeadlessCliAgent(CodingAgent):
 
         argv = [binary, *self.build_args(ctx), *self.config.extra_args]
         env = self._child_env(ctx)
+        account = None
+        if self.config.run_as:
+            try:
+                account = hand_over(workdir, self.config.run_as, env)
+            except (KeyError, OSError) as exc:
+                return TaskResult(task.task_id, self.kind, FAILED, logs_path=run_dir,
+                                  error=f"cannot run the agent as {self.config.run_as}: {exc}")
         timeout = task.timeout_s or self.config.task_timeout_s
         logger.info("task {} starting: agent={} workdir={} timeout={}s budget_cap={} USD",
                     task.task_id, self.kind, workdir, timeout, cap)
@@ -134,10 +142,12 @@ class HeadlessCliAgent(CodingAgent):
                                   max_stdout_bytes=self.config.max_output_bytes,
                                   stderr_tail_bytes=self.config.stderr_tail_bytes,
                                   kill_grace_s=self.config.kill_grace_s,
-                                  cancel=cancel, on_output=on_output)
+                                  cancel=cancel, on_output=on_output, account=account)
         except OSError as exc:  # exists but cannot run: not executable, bad interpreter
             return TaskResult(task.task_id, self.kind, FAILED, logs_path=run_dir,
                               error=f"cannot start {binary}: {exc.strerror or exc}")
+        if account is not None:  # the tree back to the worker, for its commit and cleanup
+            _chown_tree(workdir, os.geteuid(), os.getegid())
         self._save_run_logs(run_dir, argv, outcome)
         result = self._interpret(ctx, outcome)
         result.logs_path = run_dir
@@ -245,6 +255,21 @@ class HeadlessCliAgent(CodingAgent):
             "stderr_total_bytes": outcome.stderr_total_bytes,
             "duration_s": round(outcome.duration_s, 3),
         }, indent=2))
+
+
+def hand_over(workdir: Path, user: str, env: dict[str, str]) -> tuple[int, int]:
+    """The work tree to `user`, and the child's environment to its account: (uid, gid)."""
+    entry = pwd.getpwnam(user)
+    _chown_tree(workdir, entry.pw_uid, entry.pw_gid)
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    # lchown, and walk without following links: a link the agent made moves nothing else.
+    for folder, dirs, files in os.walk(top):
+        for name in (folder, *(os.path.join(folder, n) for n in dirs + files)):
+            os.lchown(name, uid, gid)
 
 
 def load_json_output(stdout: bytes) -> Any:

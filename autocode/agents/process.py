@@ -105,11 +105,13 @@ def run_bounded(
     kill_grace_s: float = 5.0,
     cancel: threading.Event | None = None,
     on_output: Callable[[bytes], None] | None = None,
+    account: tuple[int, int] | None = None,
 ) -> ProcessOutcome:
     """Run argv to completion, timeout or `cancel` (its whole group is killed within a
     fraction of a second of it being set). `on_output` sees every chunk of stdout and
     stderr as it comes (the live log), from the reader threads. Raises OSError only if it
-    cannot start at all."""
+    cannot start at all. `account` (uid, gid): the child runs as that user and group, with
+    no supplementary groups (needs root or CAP_SETUID and CAP_SETGID)."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(argv),
@@ -119,6 +121,8 @@ def run_bounded(
         cwd=str(cwd),
         env=dict(env),
         start_new_session=True,  # own process group: pgid == pid
+        **({} if account is None else
+           {"user": account[0], "group": account[1], "extra_groups": []}),
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = _HeadCapture(proc.stdout.fileno(), max_stdout_bytes, on_output)

@@ -45,6 +45,9 @@ class AgentConfig:
     max_output_bytes: int = 16 * 1024 * 1024
     stderr_tail_bytes: int = 16 * 1024
     extra_args: tuple[str, ...] = ()
+    # The account the CLI runs as, when not the worker's own: it then cannot read what only
+    # the worker may (its client key for autocode-control), nor signal or trace the worker.
+    run_as: str | None = None
 
 
 @dataclass(frozen=True)

@@ -276,9 +276,14 @@ class Git:
         command = ["git", f"--git-dir={self.git_dir}", f"--work-tree={self.work_tree}"]
         for key, value in options.items():
             command += ["-c", f"{key}={value}"]
+        # Our own global file: safe.directory is read only from there (not from -c in this
+        # git), and the tree may belong to the agent's account while it runs.
+        global_config = self.git_dir.parent / "gitconfig"
+        if not global_config.exists():
+            global_config.write_text("[safe]\n\tdirectory = *\n")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
-               "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C",
-               "HOME": str(self.git_dir.parent)}
+               "GIT_CONFIG_GLOBAL": str(global_config), "GIT_TERMINAL_PROMPT": "0",
+               "LC_ALL": "C", "HOME": str(self.git_dir.parent)}
         # Not GIT_SSL_CAINFO: it would beat the service's CA given above.
         for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
             if name in os.environ:
