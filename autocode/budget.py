@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS charges (
     detail          TEXT                        -- JSON: a metered call's model and tokens
 );
 CREATE INDEX IF NOT EXISTS charges_by_time ON charges (charged_at_us, worker_id);
+CREATE INDEX IF NOT EXISTS charges_by_task ON charges (task_id);
 """
 
 
@@ -222,19 +223,36 @@ class BudgetLedger:
                 " ORDER BY charged_at_us, id",
                 (start, end),
             ).fetchall()
-        return [
-            {
-                "charged_at": _from_epoch_us(at).isoformat(),
-                "worker_id": worker,
-                "agent": agent,
-                "task_id": task,
-                "amount_usd": str(micros_to_usd(micros)),
-                "source": source,
-                "idempotency_key": key,
-                **({"detail": json.loads(detail)} if detail else {}),
-            }
-            for at, worker, agent, task, micros, source, key, detail in rows
-        ]
+        return [self._charge_row(row) for row in rows]
+
+    @staticmethod
+    def _charge_row(row: tuple) -> dict[str, Any]:
+        at, worker, agent, task, micros, source, key, detail = row
+        return {
+            "charged_at": _from_epoch_us(at).isoformat(),
+            "worker_id": worker,
+            "agent": agent,
+            "task_id": task,
+            "amount_usd": str(micros_to_usd(micros)),
+            "source": source,
+            "idempotency_key": key,
+            **({"detail": json.loads(detail)} if detail else {}),
+        }
+
+    def charges_of_task(self, task_id: str) -> list[dict[str, Any]]:
+        """Every charge of one task, whatever the day."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT charged_at_us, worker_id, agent, task_id, amount_micros, source,"
+                " idempotency_key, detail FROM charges WHERE task_id = ? ORDER BY charged_at_us",
+                (task_id,)).fetchall()
+        return [self._charge_row(row) for row in rows]
+
+    def spent_by_task(self, task_id: str) -> Decimal:
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(amount_micros), 0) FROM charges"
+                                   " WHERE task_id = ?", (task_id,)).fetchone()
+        return micros_to_usd(row[0])
 
     # -- reports -------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from autocode.budget import BudgetLedger
 from autocode.control import git
 from autocode.control.config import ControlConfig
+from autocode.control.running import is_over_budget
 from autocode.control.store import (
     ENDED,
     STATES,
@@ -238,7 +240,10 @@ def operator_app(config: ControlConfig, store: TaskStore, token_sha256: str) -> 
 
     @app.get("/v1/tasks/{task_id}", dependencies=guarded)
     def show(task_id: str) -> dict[str, Any]:
-        return store.get(task_id)
+        record = store.get(task_id)
+        if config.metered_ledger is not None:
+            record["metered"] = metered_spend(config.metered_ledger, task_id)
+        return record
 
     @app.get("/v1/tasks/{task_id}/log", dependencies=guarded)
     def log(task_id: str, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
@@ -323,6 +328,30 @@ def _checked_spec(config: ControlConfig, spec: TaskSpec) -> dict[str, Any]:
             "result_repo": result_repo}
 
 
+def metered_spend(ledger_path, task_id: str) -> dict[str, Any]:
+    """The task's metered cost and tokens per model, from the proxy's ledger."""
+    if not ledger_path.exists():
+        return {"cost_usd": "0", "calls": 0, "models": {}}
+    ledger = BudgetLedger(ledger_path)
+    try:
+        rows = ledger.charges_of_task(task_id)
+    finally:
+        ledger.close()
+    total, models = Decimal(0), {}
+    for row in rows:
+        detail = row.get("detail") or {}
+        model = models.setdefault(str(detail.get("model")), {
+            "calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": Decimal(0)})
+        model["calls"] += 1
+        model["input_tokens"] += int(detail.get("input_tokens") or 0)
+        model["output_tokens"] += int(detail.get("output_tokens") or 0)
+        model["cost_usd"] += Decimal(row["amount_usd"])
+        total += Decimal(row["amount_usd"])
+    for model in models.values():
+        model["cost_usd"] = str(model["cost_usd"])
+    return {"cost_usd": str(total), "calls": len(rows), "models": models}
+
+
 def ensure_bare_repo(config: ControlConfig, name: str) -> None:
     path = config.repos_dir / f"{name}.git"
     if not path.is_dir():
@@ -365,7 +394,11 @@ def worker_app(config: ControlConfig, store: TaskStore) -> FastAPI:
 
     @app.post("/v1/worker/tasks/{task_id}/heartbeat")
     def heartbeat(*, name: str = Worker, task_id: str) -> dict[str, Any]:
-        return store.heartbeat(name, task_id)
+        beat = store.heartbeat(name, task_id)
+        if not beat["cancel"] and is_over_budget(config.over_budget_dir, task_id):
+            store.cancel(task_id)  # the proxy refused a call for the task's budget: stop it
+            beat["cancel"] = True
+        return beat
 
     @app.post("/v1/worker/tasks/{task_id}/log")
     async def log(*, name: str = Worker, task_id: str, request: Request,
@@ -378,7 +411,13 @@ def worker_app(config: ControlConfig, store: TaskStore) -> FastAPI:
         if end.status not in WORKER_ENDINGS:
             raise Refusal(422, f"unknown ending {end.status!r}", "status",
                           f"one of {', '.join(WORKER_ENDINGS)}")
-        return store.finish(name, task_id, end.status, end.reason, end.result)
+        status, reason = end.status, end.reason
+        if status != "succeeded" and is_over_budget(config.over_budget_dir, task_id):
+            budget = store.get(task_id)["spec"]["budget_usd"]
+            status, reason = "refused_budget", (
+                f"its budget of {budget} USD is spent: the proxy refused its next model call"
+                + (f" ({end.reason})" if end.reason else ""))
+        return store.finish(name, task_id, status, reason, end.result)
 
     hooks = git.install_hooks(config.data_root / "control" / "hooks")
 

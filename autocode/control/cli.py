@@ -237,6 +237,13 @@ def _show(endpoint: Endpoint, args) -> int:
              f"{r['spec']['budget_usd']} USD, reported cost {_cost(r)}",
              f"  repo {r['spec']['repo']} at {r['spec'].get('base_commit') or 'its HEAD'}",
              f"  prompt: {r['spec']['prompt'][:200]}"]
+    metered = r.get("metered")
+    if metered:
+        models = ", ".join(f"{name} {m['calls']} call(s) {m['input_tokens']}+"
+                           f"{m['output_tokens']} tokens {m['cost_usd']} USD"
+                           for name, m in metered["models"].items())
+        lines.append(f"  metered at the proxy: {metered['cost_usd']} USD over "
+                     f"{metered['calls']} call(s)" + (f" ({models})" if models else ""))
     if result.get("result_commit"):
         lines.append(f"  result: branch {result['branch']} at {result['result_commit']}, "
                      f"{result['files_changed']} file(s), +{result['lines_added']} "

@@ -67,6 +67,8 @@ class ControlConfig(_Strict):
     # A worker's push of its result (git over HTTPS).
     max_push_bytes: Annotated[int, Field(ge=1024 * 1024, le=16 * 1024 ** 3)] = 1024 ** 3
     max_prompt_chars: Annotated[int, Field(ge=1, le=1_000_000)] = 100_000
+    # The proxy's metered ledger, for each task's metered cost and tokens (same host).
+    metered_ledger: Path | None = None
 
     @field_validator("management_networks")
     @classmethod
@@ -87,6 +89,15 @@ class ControlConfig(_Strict):
     @property
     def repos_dir(self) -> Path:
         return self.data_root / "control" / "repos"
+
+    @property
+    def running_file(self) -> Path:
+        """Which task each worker runs, for the proxy (autocode/control/running.py)."""
+        return self.data_root / "control" / "running-tasks.json"
+
+    @property
+    def over_budget_dir(self) -> Path:
+        return self.data_root / "control" / "over-budget"
 
     def worker_at(self, address: str) -> str | None:
         """The worker whose inventory address this is (never what a request says)."""

@@ -33,6 +33,7 @@ from autocode.control.config import (
     ControlConfigError,
     load_config,
 )
+from autocode.control.running import write_running
 from autocode.control.store import TaskStore
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
@@ -109,7 +110,8 @@ def serve(config: ControlConfig) -> int:
     token_sha256 = read_token_hash(config.operator_token_sha256_file)
     config.database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     config.repos_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = TaskStore(config.database, lease_s=config.lease_s)
+    store = TaskStore(config.database, lease_s=config.lease_s,
+                      on_change=lambda held: write_running(config.running_file, held))
     extended = store.extend_leases()
     if extended:
         print(f"autocode-control: {extended} task(s) held by workers at start; their leases "

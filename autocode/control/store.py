@@ -96,8 +96,12 @@ def new_task_id(now: float) -> str:
 
 class TaskStore:
     def __init__(self, path: Path | str, *, lease_s: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_change: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
+        """`on_change`: called after every write with the tasks held now, worker ->
+        {"task_id", "budget_usd"} (autocode/control/running.py hands it to the proxy)."""
         self.path = str(path)
+        self.on_change = on_change
         self.lease_s = lease_s
         self.clock = clock
         self._lock = threading.Lock()
@@ -126,7 +130,16 @@ class TaskStore:
                 raise
             self._db.execute("COMMIT")
             self._changed.notify_all()
+            if self.on_change is not None:
+                self.on_change(self._held_now())
             return value
+
+    def _held_now(self) -> dict[str, dict[str, Any]]:
+        rows = self._db.execute("SELECT worker, id, spec FROM tasks WHERE status IN (?, ?)",
+                                ACTIVE).fetchall()
+        return {row["worker"]: {"task_id": row["id"],
+                                "budget_usd": json.loads(row["spec"]).get("budget_usd")}
+                for row in rows}
 
     def submit(self, spec: dict[str, Any], *, retry_of: str | None = None) -> dict[str, Any]:
         """Queue a task whose spec the API has validated; returns its record."""

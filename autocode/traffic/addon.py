@@ -23,11 +23,13 @@ import time
 from mitmproxy import ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 
+from autocode.control.running import OVER_BUDGET_DIR, RunningTasks, mark_over_budget
 from autocode.traffic.cache import PackageCache
 from autocode.traffic.config import TrafficConfig, TrafficConfigError, load_config
 from autocode.traffic.metering import (
     Meter,
     RateLimiter,
+    Refused,
     Usage,
     UsageTap,
     error_answer,
@@ -51,6 +53,7 @@ METERED = "autocode_metered"  # (api, worker) of an LLM API call being metered
 TAP = "autocode_usage_tap"
 REQUEST_FACTS = "autocode_llm_request"  # (model, request bytes) of a metered call
 LLM = "autocode_llm"  # the priced call, for its record
+TASK = "autocode_task"  # the id of the task its worker runs (autocode-control says)
 ADMITTED = "autocode_admitted"  # the worker whose open-flow count this flow holds
 CACHE = "autocode_cache"  # hit, or the digest to store the answer under
 CACHE_INDEX = "autocode_cache_index"  # the host of an index being read for digests
@@ -102,6 +105,7 @@ class AutocodeLogger:
         self.meter: Meter | None = None
         self.rate_limiter: RateLimiter | None = None
         self.cache: PackageCache | None = None
+        self.tasks: RunningTasks | None = None
         self._open_tcp: dict[str, tcp.TCPFlow] = {}  # relayed, not yet recorded
 
     def load(self, loader) -> None:
@@ -136,6 +140,8 @@ class AutocodeLogger:
                                                 metering.max_concurrent)
         if config.package_cache is not None:
             self.cache = PackageCache(config.package_cache, log)
+        if config.running_tasks is not None:
+            self.tasks = RunningTasks(config.running_tasks)
         self.redactor = Redactor(
             config.redact_headers, config.redact_patterns, config.redact_value_patterns
         )
@@ -224,6 +230,10 @@ class AutocodeLogger:
 
     def _admit(self, flow: http.HTTPFlow) -> None:
         worker = self._worker(flow)
+        if self.tasks is not None:
+            task = self.tasks.task_of(worker)
+            if task is not None:
+                flow.metadata[TASK] = task[0]
         meter = self.meter
         request = flow.request
         # Only a POST can be an LLM call: the Host header is parsed for those alone.
@@ -272,11 +282,21 @@ class AutocodeLogger:
                 flow.request.content = json.dumps(body).encode()
         flow.metadata[REQUEST_FACTS] = (model, len(content))
         _, worker = metered
-        refusal = self.meter.reserve(flow.id, worker, self.meter.worst_case(
-            model, body, len(flow.request.content or b"")))
-        if refusal is not None:  # its worst case does not fit in what is left of the day
-            flow.metadata[REFUSED] = refusal
-            flow.response = json_response(*error_answer(api.provider, refusal))
+        try:
+            task = self.tasks.task_of(worker) if self.tasks is not None else None
+            refused = self.meter.reserve(flow.id, worker, self.meter.worst_case(
+                model, body, len(flow.request.content or b"")), task)
+        except Exception:  # the cap cannot be checked: the call does not go out unmetered
+            log.exception("autocode meter could not hold flow %s", flow.id)
+            refused = Refused("autocode: the proxy could not check this call against its "
+                              "budgets; it was not sent (see the proxy's log)")
+        if refused is not None:  # its worst case does not fit in what is left
+            if refused.task_id is not None and self.config.running_tasks is not None:
+                # autocode-control stops the task at its worker's next heartbeat.
+                mark_over_budget(self.config.running_tasks.parent / OVER_BUDGET_DIR,
+                                 refused.task_id)
+            flow.metadata[REFUSED] = refused.text
+            flow.response = json_response(*error_answer(api.provider, refused.text))
             return
         # Read as it passes: an encoding the tap cannot undo would leave it blind.
         flow.request.headers["accept-encoding"] = "identity"
@@ -313,7 +333,8 @@ class AutocodeLogger:
             estimate(usage, request_bytes,
                      tap.bytes_seen if tap is not None and tap.unreadable else 0)
         try:
-            charge = self.meter.charge(flow.id, worker, api.provider, usage)
+            charge = self.meter.charge(flow.id, worker, api.provider, usage,
+                                       flow.metadata.get(TASK))
         except Exception:
             log.exception("autocode meter could not price flow %s", flow.id)
             return
@@ -486,6 +507,8 @@ class AutocodeLogger:
         try:
             record = build_record(flow, self.config.workers, self.redactor,
                                   "blocked" if refused else "allowed", refused)
+            if TASK in metadata:
+                record["task_id"] = metadata[TASK]
             if LLM in metadata:
                 record["llm"] = metadata[LLM]
             if metadata.get(CACHE) in ("hit", "miss"):

@@ -75,6 +75,9 @@ class TrafficConfig:
     metering: MeteringConfig | None = None
     # The cache of content-addressed package artifacts (autocode/traffic/cache.py).
     package_cache: CacheConfig | None = None
+    # autocode-control's running-tasks.json (autocode/control/running.py): each worker's
+    # task, put on its records and ledger rows, and its budget held at the proxy. None: off.
+    running_tasks: Path | None = None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -231,6 +234,16 @@ def _elasticsearch(p: Problems, data: dict) -> ElasticsearchConfig:
     )
 
 
+def _running_tasks(p: Problems, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not (isinstance(value, str) and value.startswith("/")):
+        p.add("running_tasks", f"must be an absolute file path, got {value!r}",
+              "e.g. /mnt/data/autocode/control/running-tasks.json, or leave it out")
+        return None
+    return Path(value)
+
+
 def parse_config(data: Any) -> TrafficConfig:
     """Validate an already-parsed YAML document. Raises TrafficConfigError naming every
     problem at once (one per line), each with its field and fix."""
@@ -271,6 +284,7 @@ def parse_config(data: Any) -> TrafficConfig:
         elasticsearch=_elasticsearch(p, data),
         metering=parse_metering(p, data.get("metering")),
         package_cache=parse_cache(p, data.get("package_cache")),
+        running_tasks=_running_tasks(p, data.get("running_tasks")),
     )
     if p:
         lines = [_render(problem) for problem in p]

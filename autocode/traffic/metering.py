@@ -91,6 +91,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """Why a call was not let through: its text for the agent, and the task whose own
+    budget refused it (None: the worker's daily budget)."""
+
+    text: str
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Charge:
     """One metered call, priced."""
 
@@ -101,6 +110,7 @@ class Charge:
     cost_usd: Decimal
     unknown_model: bool
     at: datetime
+    task_id: str | None = None
 
     def record(self, prices_taken_on: str) -> dict[str, Any]:
         """The `llm` part of the call's traffic record."""
@@ -345,7 +355,10 @@ class Meter:
         self._spent: dict[tuple[str, date], int] = {}  # micro-dollars
         # What calls in flight may still cost, per worker and day, and per flow.
         self._held: dict[tuple[str, date], int] = {}
-        self._reservations: dict[str, tuple[tuple[str, date], int]] = {}
+        self._reservations: dict[str, tuple[tuple[str, date], int, str | None]] = {}
+        # Per task, whatever the day: spent (read from the ledger when first seen) and held.
+        self._task_spent: dict[str, int] = {}
+        self._task_held: dict[str, int] = {}
         self._warned: set[tuple[str, date]] = set()
         self._queue: queue.Queue[Charge | None] = queue.Queue()
         self._ledger = BudgetLedger(config.ledger_path, config.timezone)
@@ -405,31 +418,52 @@ class Meter:
                       output_tokens=bound or self.config.output_limit_tokens)
         return self.prices.cost(usage)[0]
 
-    def reserve(self, flow_id: str, worker: str, worst_usd: Decimal) -> str | None:
-        """Holds a call's worst case against what is left of the worker's day, or says why
-        it does not fit (None: held). Calls started at once can then never add up past the
-        cap: each one's share is taken before it is forwarded, and given back, down to what
-        it really cost, when it ends (`charge`) or never happens (`release`)."""
+    def reserve(self, flow_id: str, worker: str, worst_usd: Decimal,
+                task: tuple[str, Decimal | None] | None = None) -> Refused | None:
+        """Holds a call's worst case against what is left of the worker's day, and of its
+        task's budget when it runs one, or says why it does not fit (None: held). Calls
+        started at once can then never add up past a cap: each one's share is taken before
+        it is forwarded, and given back, down to what it really cost, when it ends
+        (`charge`) or never happens (`release`)."""
         budget = self.config.budgets.get(worker)
-        if budget is None:
-            return None
+        task_id, task_budget = task if task is not None else (None, None)
+        spent_before = None
+        if task_id is not None and task_id not in self._task_spent:
+            spent_before = usd_to_micros(self._ledger.spent_by_task(task_id))
         key, amount = (worker, self.today()), usd_to_micros(worst_usd)
         with self._lock:
-            spent, held = self._spent.get(key, 0), self._held.get(key, 0)
-            if spent + held + amount > usd_to_micros(budget):
-                left = max(0, usd_to_micros(budget) - spent - held)
-                resets = datetime.combine(self.today() + timedelta(days=1), time.min,
-                                          tzinfo=self.tz)
-                return (f"autocode: the daily budget of {budget} USD for worker {worker} is "
-                        f"spent for a call this large: {micros_to_usd(spent)} USD metered today "
-                        f"and {micros_to_usd(held)} USD held by calls in flight leave "
-                        f"{micros_to_usd(left)} USD, and this call could cost up to "
-                        f"{micros_to_usd(amount)} USD (its input and max_tokens at its model's "
-                        f"price); ask for fewer tokens, or wait until {resets.isoformat()} "
-                        f"({self.config.timezone})")
-            self._held[key] = held + amount
-            self._reservations[flow_id] = (key, amount)
+            if spent_before is not None:
+                self._task_spent.setdefault(task_id, spent_before)
+            if budget is not None:
+                spent, held = self._spent.get(key, 0), self._held.get(key, 0)
+                if spent + held + amount > usd_to_micros(budget):
+                    return Refused(self._too_large(
+                        f"the daily budget of {budget} USD for worker {worker}", spent, held,
+                        amount, usd_to_micros(budget), "metered today"))
+            if task_id is not None and task_budget is not None:
+                spent = self._task_spent[task_id]
+                held = self._task_held.get(task_id, 0)
+                if spent + held + amount > usd_to_micros(task_budget):
+                    return Refused(self._too_large(
+                        f"the budget of {task_budget} USD for task {task_id}", spent, held,
+                        amount, usd_to_micros(task_budget), "metered for it"), task_id)
+            self._held[key] = self._held.get(key, 0) + amount
+            if task_id is not None:
+                self._task_held[task_id] = self._task_held.get(task_id, 0) + amount
+            self._reservations[flow_id] = (key, amount, task_id)
         return None
+
+    def _too_large(self, cap: str, spent: int, held: int, amount: int, limit: int,
+                   spent_where: str) -> str:
+        left = max(0, limit - spent - held)
+        resets = datetime.combine(self.today() + timedelta(days=1), time.min, tzinfo=self.tz)
+        when = (f"wait until {resets.isoformat()} ({self.config.timezone})"
+                if "daily" in cap else "give the task a larger --budget")
+        return (f"autocode: {cap} is spent for a call this large: {micros_to_usd(spent)} USD "
+                f"{spent_where} and {micros_to_usd(held)} USD held by calls in flight leave "
+                f"{micros_to_usd(left)} USD, and this call could cost up to "
+                f"{micros_to_usd(amount)} USD (its input and max_tokens at its model's "
+                f"price); ask for fewer tokens, or {when}")
 
     def release(self, flow_id: str) -> None:
         with self._lock:
@@ -438,8 +472,10 @@ class Meter:
     def _release(self, flow_id: str) -> None:
         reserved = self._reservations.pop(flow_id, None)
         if reserved is not None:
-            key, amount = reserved
+            key, amount, task_id = reserved
             self._held[key] = self._held.get(key, 0) - amount
+            if task_id is not None:
+                self._task_held[task_id] = self._task_held.get(task_id, 0) - amount
 
     def held_today(self, worker: str) -> Decimal:
         with self._lock:
@@ -447,13 +483,18 @@ class Meter:
 
     # -- charging ------------------------------------------------------------------------
 
-    def charge(self, flow_id: str, worker: str, provider: str, usage: Usage) -> Charge:
-        """Prices the call, adds it to the worker's day and gives back its reservation."""
+    def charge(self, flow_id: str, worker: str, provider: str, usage: Usage,
+               task_id: str | None = None) -> Charge:
+        """Prices the call, adds it to the worker's day (and its task's spend) and gives
+        back its reservation."""
         cost, unknown = self.prices.cost(usage)
-        charge = Charge(flow_id, worker, provider, usage, cost, unknown, datetime.now(UTC))
+        charge = Charge(flow_id, worker, provider, usage, cost, unknown, datetime.now(UTC),
+                        task_id)
         key = (worker, charge.at.astimezone(self.tz).date())
         with self._lock:
             self._release(flow_id)
+            if task_id is not None and task_id in self._task_spent:
+                self._task_spent[task_id] += usd_to_micros(cost)
             self._spent[key] = self._spent.get(key, 0) + usd_to_micros(cost)
             spent = self._spent[key]
         budget = self.config.budgets.get(worker)
@@ -475,7 +516,8 @@ class Meter:
                     self._ledger.charge(
                         idempotency_key=f"metered:{charge.flow_id}", worker_id=charge.worker,
                         agent=self.config.agents.get(charge.worker, "unknown"),
-                        task_id="-", amount_usd=charge.cost_usd, source="metered",
+                        task_id=charge.task_id or "-", amount_usd=charge.cost_usd,
+                        source="metered",
                         at=charge.at, detail=charge.record(self.config.prices_taken_on))
                     break
                 except Exception:

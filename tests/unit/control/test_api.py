@@ -216,3 +216,43 @@ def test_bad_configuration_is_reported_whole_before_anything_binds(tmp_path):
     for expected in ("operator_port", "lease_s", "colour: unknown setting",
                      "management_networks"):
         assert expected in run.stderr, run.stderr
+
+
+def test_the_proxy_learns_each_workers_task_and_a_spent_task_budget_stops_it(tmp_path):
+    """running-tasks.json follows every claim and end; the proxy's over-budget marker for a
+    task makes the next heartbeat a cancel and the end refused_budget; the task's record
+    carries its metered spend from the proxy's ledger."""
+    from autocode.budget import BudgetLedger
+    from autocode.control.running import mark_over_budget
+    ledger_path = tmp_path / "metered.sqlite3"
+    control = write_config(tmp_path, metered_ledger=str(ledger_path)).start()
+    try:
+        operator, worker = control.operator(), control.worker("worker1")
+        running = control.data_root / "control" / "running-tasks.json"
+        task = operator.submit({**URL_SPEC, "budget_usd": "0.5"})
+        assert json.loads(running.read_text())["workers"] == {}
+        worker.claim()
+        assert json.loads(running.read_text())["workers"] == {
+            "worker1": {"task_id": task["id"], "budget_usd": "0.5"}}
+        worker.start(task["id"])
+        ledger = BudgetLedger(ledger_path)
+        for n, (model, cost) in enumerate((("m-a", "0.1"), ("m-a", "0.2"), ("m-b", "0.15"))):
+            ledger.charge(idempotency_key=f"metered:{n}", worker_id="worker1", agent="a",
+                          task_id=task["id"], amount_usd=cost, source="metered",
+                          detail={"model": model, "input_tokens": 10, "output_tokens": 5})
+        ledger.charge(idempotency_key="metered:other", worker_id="worker1", agent="a",
+                      task_id="t-other", amount_usd="9", source="metered")
+        ledger.close()
+        assert worker.heartbeat(task["id"])["cancel"] is False
+        mark_over_budget(control.data_root / "control" / "over-budget", task["id"])
+        assert worker.heartbeat(task["id"])["cancel"] is True
+        worker.finish(task["id"], "cancelled", "cancelled: its process group was killed")
+        record = operator.get(task["id"])
+        assert record["status"] == "refused_budget"
+        assert record["reason"].startswith("its budget of 0.5 USD is spent")
+        assert record["metered"]["cost_usd"] == "0.45" and record["metered"]["calls"] == 3
+        assert record["metered"]["models"]["m-a"] == {
+            "calls": 2, "input_tokens": 20, "output_tokens": 10, "cost_usd": "0.3"}
+        assert json.loads(running.read_text())["workers"] == {}
+    finally:
+        control.kill()

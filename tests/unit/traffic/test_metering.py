@@ -211,7 +211,7 @@ def test_a_reservation_holds_the_worst_case_and_settles_to_the_real_cost(tmp_pat
     assert meter.reserve("f1", "w1", Decimal("0.0033")) is None
     assert meter.reserve("f2", "w1", Decimal("0.0033")) is None
     assert meter.reserve("f3", "w1", Decimal("0.0033")) is None
-    refusal = meter.reserve("f4", "w1", Decimal("0.0033"))
+    refusal = meter.reserve("f4", "w1", Decimal("0.0033")).text
     assert "is spent for a call this large" in refusal and "0.0099 USD held" in refusal
     assert meter.held_today("w1") == Decimal("0.0099")
     meter.charge("f1", "w1", "anthropic", Usage(model="claude-sonnet-4-5", input_tokens=100,

@@ -209,3 +209,41 @@ def test_a_rate_limit_answers_429_with_retry_after(tmp_path, fixture_port):
     assert [s for s, _, _ in statuses] == [200, 200, 429]
     assert statuses[2][1]["Retry-After"] == "2"
     assert json.loads(statuses[2][2])["error"]["type"] == "rate_limit_error"
+
+
+def test_a_tasks_calls_carry_its_id_and_its_own_budget_holds(tmp_path, fixture_port):
+    """autocode-control's running-tasks.json names w1's task: every record and ledger row
+    of w1 carries it, and the task's budget is held like the day's; a later task on the
+    same worker runs on its own budget."""
+    from autocode.control.running import is_over_budget, write_running
+    running = tmp_path / "control" / "running-tasks.json"
+    running.parent.mkdir()
+    path, _, body = CALLS[0]
+    worst = worst_case_of(body)
+    # Room for one worst case and a little: the first call fits; once it has cost what it
+    # cost (about a tenth of its worst case), the same call no longer does.
+    write_running(running, {"w1": {"task_id": "t-1",
+                                   "budget_usd": str((worst * Decimal("1.05")).quantize(
+                                       Decimal("0.000001")))}})
+    config = write_config(tmp_path, fixture_port)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()),
+                                      "running_tasks": str(running)}))
+    with mitmdump(tmp_path, config) as (proxy, log):
+        assert call(proxy, fixture_port, path, body)[0] == 200
+        wait_for(lambda: len(ledger_rows(tmp_path)) == 1)
+        status, _, raw = call(proxy, fixture_port, path, body)
+        assert status == 400, raw
+        message = json.loads(raw)["error"]["message"]
+        assert "the budget of" in message and "for task t-1 is spent for a call this large" \
+            in message and "larger --budget" in message
+        assert is_over_budget(running.parent / "over-budget", "t-1")
+        assert not is_over_budget(running.parent / "over-budget", "t-2")
+        write_running(running, {"w1": {"task_id": "t-2", "budget_usd": "1"}})
+        time.sleep(0.6)  # the proxy looks again at most twice a second
+        assert call(proxy, fixture_port, path, body)[0] == 200
+        rows = wait_for(lambda: len(ledger_rows(tmp_path)) == 2 and ledger_rows(tmp_path))
+        records = wait_for(lambda: len(spooled(tmp_path)) >= 3 and spooled(tmp_path))
+    assert rows, log.read_text()[-2000:]
+    assert [r["task_id"] for r in rows] == ["t-1", "t-2"]
+    assert [r.get("task_id") for r in records] == ["t-1", "t-1", "t-2"]
+    assert [r["verdict"] for r in records] == ["allowed", "blocked", "allowed"]
