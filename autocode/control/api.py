@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autocode.budget import BudgetLedger
 from autocode.control import git
 from autocode.control.config import ControlConfig
-from autocode.control.running import is_over_budget
+from autocode.control.running import is_over_budget, read_task_traffic
 from autocode.control.store import (
     ENDED,
     STATES,
@@ -243,6 +243,7 @@ def operator_app(config: ControlConfig, store: TaskStore, token_sha256: str) -> 
         record = store.get(task_id)
         if config.metered_ledger is not None:
             record["metered"] = metered_spend(config.metered_ledger, task_id)
+        record["hosts"] = read_task_traffic(config.task_traffic_dir, task_id)
         return record
 
     @app.get("/v1/tasks/{task_id}/log", dependencies=guarded)

@@ -244,6 +244,10 @@ def _show(endpoint: Endpoint, args) -> int:
                            for name, m in metered["models"].items())
         lines.append(f"  metered at the proxy: {metered['cost_usd']} USD over "
                      f"{metered['calls']} call(s)" + (f" ({models})" if models else ""))
+    for host, seen in sorted((r.get("hosts") or {}).items()):
+        refused = f", {seen['refused']} refused" if seen["refused"] else ""
+        lines.append(f"  host {host}: {seen['requests']} request(s), {seen['bytes_sent']} B "
+                     f"sent, {seen['bytes_received']} B received{refused}")
     if result.get("result_commit"):
         lines.append(f"  result: branch {result['branch']} at {result['result_commit']}, "
                      f"{result['files_changed']} file(s), +{result['lines_added']} "

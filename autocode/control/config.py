@@ -99,6 +99,11 @@ class ControlConfig(_Strict):
     def over_budget_dir(self) -> Path:
         return self.data_root / "control" / "over-budget"
 
+    @property
+    def task_traffic_dir(self) -> Path:
+        """The proxy's per-task summaries of the hosts contacted (running.TaskTraffic)."""
+        return self.data_root / "control" / "traffic"
+
     def worker_at(self, address: str) -> str | None:
         """The worker whose inventory address this is (never what a request says)."""
         for name, entry in self.workers.items():

@@ -21,6 +21,7 @@ from typing import Any
 
 RUNNING_FILE = "running-tasks.json"
 OVER_BUDGET_DIR = "over-budget"
+TRAFFIC_DIR = "traffic"  # per task: the hosts it contacted, from the proxy
 
 
 def write_running(path: Path, running: dict[str, dict[str, Any]]) -> None:
@@ -81,3 +82,67 @@ def mark_over_budget(folder: Path, task_id: str) -> None:
 
 def is_over_budget(folder: Path, task_id: str) -> bool:
     return (folder / task_id).exists()
+
+
+class TaskTraffic:
+    """The proxy's per-task summary of what each task's worker contacted: per host,
+    requests, bytes each way and refusals with their reasons; written to
+    `traffic/<task id>.json` from the spool writer's thread (never a proxy hook), at most
+    once a second. A restarted proxy goes on from the file."""
+
+    def __init__(self, folder: Path, flush_s: float = 1.0) -> None:
+        self.folder = folder
+        self.flush_s = flush_s
+        self._tasks: dict[str, dict[str, dict[str, Any]]] = {}
+        self._dirty: set[str] = set()
+        self._flushed = 0.0
+
+    def add(self, record: dict[str, Any]) -> None:
+        task_id = record.get("task_id")
+        if not task_id:
+            return
+        hosts = self._tasks.get(task_id)
+        if hosts is None:
+            hosts = self._tasks[task_id] = self._load(task_id)
+        host = str(record.get("host") or record.get("sni") or record.get("server_ip") or "?")
+        entry = hosts.setdefault(host, {"requests": 0, "bytes_sent": 0, "bytes_received": 0,
+                                        "refused": 0, "reasons": {}})
+        entry["requests"] += 1
+        entry["bytes_sent"] += int(record.get("request_bytes") or 0)
+        entry["bytes_received"] += int(record.get("response_bytes") or 0)
+        if record.get("verdict") == "blocked":
+            entry["refused"] += 1
+            reason = str(record.get("reason") or "")[:200]
+            entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+        self._dirty.add(task_id)
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._flushed < self.flush_s):
+            return
+        self._flushed = now
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for task_id in sorted(self._dirty):
+            path = self.folder / f"{task_id}.json"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"task_id": task_id, "hosts": self._tasks[task_id]},
+                                      sort_keys=True))
+            tmp.chmod(0o644)
+            os.replace(tmp, path)
+        self._dirty.clear()
+        # Tasks long gone need no memory: keep the hundred most recently seen.
+        while len(self._tasks) > 100:
+            self._tasks.pop(next(iter(self._tasks)))
+
+    def _load(self, task_id: str) -> dict[str, dict[str, Any]]:
+        try:
+            return json.loads((self.folder / f"{task_id}.json").read_text())["hosts"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+
+def read_task_traffic(folder: Path, task_id: str) -> dict[str, Any]:
+    try:
+        return json.loads((folder / f"{task_id}.json").read_text())["hosts"]
+    except (OSError, ValueError, KeyError):
+        return {}

@@ -27,6 +27,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from autocode.control.running import TRAFFIC_DIR, TaskTraffic
 from autocode.traffic.config import TrafficConfig
 from autocode.traffic.spool import SegmentWriter
 
@@ -50,6 +51,9 @@ def encode_record(record: dict) -> bytes:
 class BackgroundWriter:
     def __init__(self, config: TrafficConfig) -> None:
         self.config = config
+        # What each task's worker contacted (autocode/control/running.py), for its record.
+        self.task_traffic = (TaskTraffic(config.running_tasks.parent / TRAFFIC_DIR)
+                             if config.running_tasks is not None else None)
         self.stats = WriterStats()
         self.healthy = True
         self.last_error: str | None = None
@@ -152,6 +156,11 @@ class BackgroundWriter:
                 continue
             self._mark_written(len(pending))
             pending = []
+        if self.task_traffic is not None:
+            try:
+                self.task_traffic.flush(force=True)
+            except OSError:
+                log.exception("per-task traffic summary not written")
         self._segments.close()
 
     def _drain_into(self, pending: list[bytes]) -> None:
@@ -164,6 +173,11 @@ class BackgroundWriter:
     def _take(self, item: object, pending: list[bytes], stop_seen: bool) -> bool:
         if item is _STOP:
             return True
+        if self.task_traffic is not None:
+            try:
+                self.task_traffic.add(item)  # type: ignore[arg-type]
+            except Exception:  # a summary must never cost a record
+                log.exception("per-task traffic summary failed")
         try:
             pending.append(encode_record(item))  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -176,6 +190,11 @@ class BackgroundWriter:
         self.stats.batches_written += 1
         self.release(count)
         self._mark_healthy()
+        if self.task_traffic is not None:
+            try:
+                self.task_traffic.flush()
+            except OSError:
+                log.exception("per-task traffic summary not written")
 
     def _mark_healthy(self) -> None:
         if not self.healthy:

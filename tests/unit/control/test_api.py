@@ -254,5 +254,15 @@ def test_the_proxy_learns_each_workers_task_and_a_spent_task_budget_stops_it(tmp
         assert record["metered"]["models"]["m-a"] == {
             "calls": 2, "input_tokens": 20, "output_tokens": 10, "cost_usd": "0.3"}
         assert json.loads(running.read_text())["workers"] == {}
+        from autocode.control.running import TaskTraffic
+        summary = TaskTraffic(control.data_root / "control" / "traffic")
+        for verdict in ("allowed", "allowed", "blocked"):
+            summary.add({"task_id": task["id"], "host": "api.example.org", "verdict": verdict,
+                         "reason": "not allowed" if verdict == "blocked" else None,
+                         "request_bytes": 10, "response_bytes": 100})
+        summary.flush(force=True)
+        assert operator.get(task["id"])["hosts"] == {"api.example.org": {
+            "requests": 3, "bytes_sent": 30, "bytes_received": 300, "refused": 1,
+            "reasons": {"not allowed": 1}}}
     finally:
         control.kill()

@@ -247,3 +247,10 @@ def test_a_tasks_calls_carry_its_id_and_its_own_budget_holds(tmp_path, fixture_p
     assert [r["task_id"] for r in rows] == ["t-1", "t-2"]
     assert [r.get("task_id") for r in records] == ["t-1", "t-1", "t-2"]
     assert [r["verdict"] for r in records] == ["allowed", "blocked", "allowed"]
+    # The per-task summary the task's record shows: hosts, requests, bytes, refusals.
+    from autocode.control.running import read_task_traffic
+    first = read_task_traffic(running.parent / "traffic", "t-1")[HOST]
+    assert (first["requests"], first["refused"]) == (2, 1)
+    assert first["bytes_sent"] == 2 * len(json.dumps(body)) and first["bytes_received"] > 0
+    assert list(first["reasons"].values()) == [1] and "for task t-1" in list(first["reasons"])[0]
+    assert read_task_traffic(running.parent / "traffic", "t-2")[HOST]["requests"] == 1
