@@ -258,10 +258,27 @@ def _show(endpoint: Endpoint, args) -> int:
     return EXIT_OK
 
 
+FOLLOW_PATIENCE_S = 300.0  # how long --follow waits for a service that went away
+
+
 def _logs(endpoint: Endpoint, args) -> int:
-    client, offset = endpoint.client(), 0
+    client, offset, away_since = endpoint.client(), 0, None
     while True:
-        data, offset, status = client.log(args.id, offset)
+        try:
+            data, offset, status = client.log(args.id, offset)
+            away_since = None
+        except ControlError as exc:
+            # Following, a restart of the service is a pause, not the end.
+            if not args.follow or exc.status != 0:
+                raise
+            now = time.monotonic()
+            if away_since is None:
+                away_since = now
+                print(f"autocode: {exc}; waiting for it", file=sys.stderr)
+            elif now - away_since > FOLLOW_PATIENCE_S:
+                raise
+            time.sleep(2.0)
+            continue
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()

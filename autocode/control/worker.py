@@ -37,6 +37,8 @@ CLAIM_WAIT_S = 25.0
 LOG_CHUNK_BYTES = 256 * 1024
 LOG_MAX_BYTES = 32 * 1024 * 1024  # past this the live log says so and stops growing
 REPORT_RETRY_S = 6 * 3600.0
+PUSH_RETRY_S = 600.0
+LOG_FLUSH_PATIENCE_S = 60.0
 GIT_TIMEOUT_S = 900.0
 
 
@@ -246,11 +248,17 @@ class LogShipper:
             return
         self.stopping.set()
         self.thread.join(10)
-        for _ in range(20):  # what is left, briefly: the record matters more than the log
+        # What is left, for a while (the service may be restarting); the record matters
+        # more than the log, so not for long.
+        deadline, pause = time.monotonic() + LOG_FLUSH_PATIENCE_S, 0.5
+        while True:
             with self.lock:
                 pending = self.sent < len(self.buffer)
-            if not pending or not self._send():
-                break
+            if not pending or time.monotonic() > deadline:
+                return
+            if not self._send():
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
 
 class Git:
@@ -297,6 +305,22 @@ class Git:
             raise GitError(f"git {args[0]} failed: {run.stderr.strip()[-1500:]}")
         return run.stdout.strip()
 
+    def _push(self, refspec: str, patience_s: float = PUSH_RETRY_S) -> None:
+        """A push the service could not take now (it is restarting) is tried again; one it
+        refused is not."""
+        deadline, pause = time.monotonic() + patience_s, 1.0
+        while True:
+            try:
+                self._run("push", "-q", self.control_url, refspec)
+                return
+            except GitError as exc:
+                if "rejected" in str(exc) or time.monotonic() > deadline:
+                    raise
+                logger.warning("task {}: push failed ({}); again in {:.0f} s", self.task_id,
+                               str(exc)[-200:], pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
     def checkout(self, spec: dict[str, Any]) -> str:
         """The task's base commit in the work tree; returns its id."""
         shutil.rmtree(self.git_dir, ignore_errors=True)
@@ -330,7 +354,7 @@ class Git:
             files += 1
             added += int(plus) if plus.isdigit() else 0  # "-" for a binary file
             deleted += int(minus) if minus.isdigit() else 0
-        self._run("push", "-q", self.control_url, f"HEAD:{self.branch}")
+        self._push(f"HEAD:{self.branch}")
         return {"result_commit": commit, "branch": self.branch.removeprefix("refs/heads/"),
                 "files_changed": files, "lines_added": added, "lines_deleted": deleted}
 

@@ -25,6 +25,10 @@ prompt = sys.argv[sys.argv.index("-p") + 1]
 print("thinking about: " + prompt, file=sys.stderr, flush=True)
 if "HANG" in prompt:
     time.sleep(300)
+if "SLOW" in prompt:
+    for n in range(6):
+        print(f"step {n}", flush=True)
+        time.sleep(0.5)
 if "NOTHING" not in prompt:
     with open("fixed.txt", "w") as handle:
         handle.write("fixed by the agent\\n")
@@ -224,3 +228,29 @@ def test_bad_input_at_the_cli_queues_nothing_and_says_why(door, tmp_path):
     door.endpoint.write_text(json.dumps({**token, "url": "https://127.0.0.1:1"}))
     down = door.task("list")
     assert down.returncode == 3 and "cannot reach" in down.stderr
+
+
+def test_logs_follow_while_it_runs_and_a_kill_9_of_the_service_loses_nothing(door):
+    """The agent's output is read as it comes; autocode-control killed with SIGKILL while
+    the task runs and started again: the worker's heartbeats and report wait for it, and
+    the task ends succeeded, once."""
+    task = door.task_json("submit", "--repo", str(door.src), "--prompt", "SLOW steps",
+                          "--agent", "claude-code")
+    worker = door.worker("--max-tasks", "1")
+    door.wait_status(task["id"], ("running",))
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "autocode.control.cli", "--control", str(door.endpoint),
+         "task", "logs", task["id"], "--follow"], stdout=subprocess.PIPE, text=True, env=env())
+    first = follow.stdout.readline()
+    assert first.startswith("thinking about") or first.startswith("step"), first
+    door.control.kill()
+    time.sleep(2)
+    door.control.start()
+    assert worker.wait(60) == 0, worker.stderr.read()
+    rest = follow.communicate(timeout=30)[0]
+    shown = door.task_json("show", task["id"])
+    assert follow.returncode == 0, (shown["status"], shown["reason"], first + rest)
+    assert "step 5" in first + rest
+    record = door.task_json("show", task["id"])
+    assert record["status"] == "succeeded" and record["result"]["files_changed"] == 1
+    assert len(door.task_json("list")) == 1
