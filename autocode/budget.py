@@ -248,6 +248,17 @@ class BudgetLedger:
                 (task_id,)).fetchall()
         return [self._charge_row(row) for row in rows]
 
+    def spent_by_tasks(self, task_ids: list[str]) -> dict[str, Decimal]:
+        """Each task's total, whatever the day; a task without charges is absent."""
+        if not task_ids:
+            return {}
+        marks = ", ".join("?" * len(task_ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT task_id, SUM(amount_micros) FROM charges WHERE task_id IN ({marks})"
+                " GROUP BY task_id", task_ids).fetchall()
+        return {task: micros_to_usd(total) for task, total in rows}
+
     def spent_by_task(self, task_id: str) -> Decimal:
         with self._lock:
             row = self._db.execute("SELECT COALESCE(SUM(amount_micros), 0) FROM charges"

@@ -236,7 +236,16 @@ def operator_app(config: ControlConfig, store: TaskStore, token_sha256: str) -> 
         if unknown:
             raise Refusal(422, f"unknown status {unknown[0]!r}", "status",
                           f"one of {', '.join(STATES)}")
-        return store.list(status=status, worker=worker, agent_type=agent_type, limit=limit)
+        records = store.list(status=status, worker=worker, agent_type=agent_type, limit=limit)
+        if config.metered_ledger is not None and config.metered_ledger.exists():
+            ledger = BudgetLedger(config.metered_ledger)
+            try:
+                spent = ledger.spent_by_tasks([r["id"] for r in records])
+            finally:
+                ledger.close()
+            for record in records:
+                record["metered_cost_usd"] = str(spent.get(record["id"], Decimal(0)))
+        return records
 
     @app.get("/v1/tasks/{task_id}", dependencies=guarded)
     def show(task_id: str) -> dict[str, Any]:

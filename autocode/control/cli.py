@@ -2,7 +2,7 @@
 
     autocode task submit --repo PATH|URL --prompt TEXT [--agent TYPE | --worker NAME]
                          [--budget USD] [--timeout S]
-    autocode task list [--status S]... [--worker NAME] [--agent TYPE]
+    autocode task list [--status S]... [--worker NAME] [--agent TYPE]   (cost: metered)
     autocode task show ID
     autocode task logs ID [--follow]
     autocode task fetch ID [--repo PATH]     the result as branch autocode/ID
@@ -334,8 +334,12 @@ def _age(seconds: float) -> str:
 
 
 def _cost(record: dict[str, Any]) -> str:
+    """Metered at the proxy when the service knows it, else what the agent reported."""
+    metered = record.get("metered_cost_usd") or (record.get("metered") or {}).get("cost_usd")
+    if metered is not None:
+        return f"{metered} USD"
     cost = (record.get("result") or {}).get("cost_usd")
-    return "-" if cost is None else f"{cost} USD"
+    return "-" if cost is None else f"{cost} USD (reported)"
 
 
 if __name__ == "__main__":

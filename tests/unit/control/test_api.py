@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from autocode.control.client import ControlError
-from tests.unit.control.conftest import TOKEN, write_config
+from tests.unit.control.conftest import TOKEN, WORKERS, write_config
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 URL_SPEC = {"prompt": "Fix the failing test", "repo": "https://git.example.org/app.git",
@@ -253,6 +253,7 @@ def test_the_proxy_learns_each_workers_task_and_a_spent_task_budget_stops_it(tmp
         assert record["metered"]["cost_usd"] == "0.45" and record["metered"]["calls"] == 3
         assert record["metered"]["models"]["m-a"] == {
             "calls": 2, "input_tokens": 20, "output_tokens": 10, "cost_usd": "0.3"}
+        assert [r["metered_cost_usd"] for r in operator.list()] == ["0.45"]
         assert json.loads(running.read_text())["workers"] == {}
         from autocode.control.running import TaskTraffic
         summary = TaskTraffic(control.data_root / "control" / "traffic")
@@ -266,3 +267,45 @@ def test_the_proxy_learns_each_workers_task_and_a_spent_task_budget_stops_it(tmp
             "reasons": {"not allowed": 1}}}
     finally:
         control.kill()
+
+
+def test_twenty_tasks_three_workers_over_the_api_each_runs_once_in_order(control):
+    """Workers at their own addresses with their own certificates, claiming at once: every
+    task runs once, no worker holds two, and each agent type's tasks start in the order
+    they were queued."""
+    operator = control.operator()
+    ids = {"claude-code": [], "aider": []}
+    for n in range(20):
+        kind = "aider" if n % 4 == 3 else "claude-code"
+        ids[kind].append(operator.submit({**URL_SPEC, "agent_type": kind,
+                                          "prompt": f"task {n}"})["id"])
+    ran, errors, lock = [], [], threading.Lock()
+    holding = {}
+
+    def work(name: str) -> None:
+        client = control.worker(name)
+        try:
+            while (task := client.claim()) is not None:
+                with lock:
+                    if holding.get(name):
+                        errors.append(f"{name} holds two")
+                    holding[name] = task["id"]
+                    ran.append((name, task["id"]))
+                client.start(task["id"])
+                client.finish(task["id"], "succeeded")
+                with lock:
+                    holding[name] = None
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in WORKERS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(task_id for _, task_id in ran) == sorted(ids["claude-code"] + ids["aider"])
+    by_claim = sorted(operator.list(limit=100), key=lambda r: r["claimed_at"])
+    for kind, queued in ids.items():
+        assert [r["id"] for r in by_claim if r["agent_type"] == kind] == queued
+    assert {name for name, t in ran if t in ids["aider"]} == {"worker3"}
