@@ -271,7 +271,7 @@ def test_the_proxy_learns_each_workers_task_and_a_spent_task_budget_stops_it(tmp
 
 def test_twenty_tasks_three_workers_over_the_api_each_runs_once_in_order(control):
     """Workers at their own addresses with their own certificates, claiming at once: every
-    task runs once, no worker holds two, and each agent type's tasks start in the order
+    task runs once, no worker holds two, and each agent type's tasks are claimed in the order
     they were queued."""
     operator = control.operator()
     ids = {"claude-code": [], "aider": []}
