@@ -32,6 +32,7 @@ from autocode.control.store import (
     ENDED,
     STATES,
     WORKER_ENDINGS,
+    LogFull,
     NotYourTask,
     TaskNotFound,
     TaskStore,
@@ -414,7 +415,11 @@ def worker_app(config: ControlConfig, store: TaskStore) -> FastAPI:
     async def log(*, name: str = Worker, task_id: str, request: Request,
                   start: Annotated[int, Query(ge=0)]) -> dict[str, int]:
         data = await request.body()
-        return {"length": store.append_log(name, task_id, start, data)}
+        try:
+            return {"length": store.append_log(name, task_id, start, data,
+                                               config.max_log_bytes)}
+        except LogFull as exc:
+            raise Refusal(413, str(exc), "log", "the worker keeps the whole output") from None
 
     @app.post("/v1/worker/tasks/{task_id}/finish")
     def finish(*, name: str = Worker, task_id: str, end: WorkerEnd) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class ControlConfig(_Strict):
     lease_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
     claim_wait_s: Annotated[float, Field(ge=0, le=120)] = 25.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # The agent's live log kept per task; a worker sending more is refused.
+    max_log_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 ** 3)] = 64 * 1024 * 1024
     # A worker's push of its result (git over HTTPS).
     max_push_bytes: Annotated[int, Field(ge=1024 * 1024, le=16 * 1024 ** 3)] = 1024 ** 3
     max_prompt_chars: Annotated[int, Field(ge=1, le=1_000_000)] = 100_000

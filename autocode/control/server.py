@@ -72,7 +72,10 @@ def _servers(config: ControlConfig, store: TaskStore, token_sha256: str) -> list
     common = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key),
               "ssl_ca_certs": str(config.ca_cert), "http": PeerCertProtocol,
               "log_level": "warning", "access_log": False, "lifespan": "off",
-              "timeout_graceful_shutdown": 5, "server_header": False}
+              "timeout_graceful_shutdown": 5, "server_header": False,
+              # The peer's address is who it is (a worker's identity, the management
+              # networks): never what an X-Forwarded-For header says.
+              "proxy_headers": False, "forwarded_allow_ips": ""}
     operators = uvicorn.Config(
         BodyLimit(operator_app(config, store, token_sha256), config.max_body_bytes),
         host=config.operator_address, port=config.operator_port, **common)

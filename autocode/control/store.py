@@ -79,6 +79,10 @@ class TransitionRefused(ValueError):
     """The task is not in a state that allows what was asked (e.g. cancel an ended task)."""
 
 
+class LogFull(ValueError):
+    """A task's live log would pass the service's bound."""
+
+
 class NotYourTask(PermissionError):
     """A worker asked about a task another worker holds, or none holds."""
 
@@ -262,9 +266,11 @@ class TaskStore:
         self._write(finish)
         return self.get(task_id)
 
-    def append_log(self, worker: str, task_id: str, start: int, data: bytes) -> int:
+    def append_log(self, worker: str, task_id: str, start: int, data: bytes,
+                   limit: int | None = None) -> int:
         """Appends a chunk of the agent's output at byte `start` and returns the log's length.
-        A chunk sent twice (a retried request) is taken once; a gap is refused."""
+        A chunk sent twice (a retried request) is taken once; a gap is refused, and so is
+        a log past `limit` bytes."""
 
         def append(db: sqlite3.Connection) -> int:
             _held(db, worker, task_id)
@@ -273,6 +279,9 @@ class TaskStore:
                 return length  # already have it
             if start != length:
                 raise TransitionRefused(f"log chunk starts at {start}; the log holds {length}")
+            if limit is not None and length + len(data) > limit:
+                raise LogFull(f"the log of task {task_id} would pass {limit} bytes "
+                              "(max_log_bytes); the rest stays on the worker")
             db.execute("INSERT INTO task_logs (task_id, start, data) VALUES (?, ?, ?)",
                        (task_id, start, data))
             return length + len(data)

@@ -216,6 +216,7 @@ class LogShipper:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.full = False
+        self.refused = False
 
     def add(self, chunk: bytes) -> None:
         with self.lock:
@@ -231,12 +232,16 @@ class LogShipper:
     def _send(self) -> bool:
         with self.lock:
             data = bytes(self.buffer[self.sent:self.sent + LOG_CHUNK_BYTES])
-        if not data:
+        if not data or self.refused:
             return True
         try:
             self.sent = self.client.log(self.task_id, self.sent, data)
             return True
-        except ControlError:
+        except ControlError as exc:
+            if exc.status in (403, 404, 409, 413):  # it will take no more: stop sending
+                logger.warning("task {}: the live log stops here: {}", self.task_id, exc)
+                self.refused = True
+                return True
             return False
 
     def _loop(self) -> None:
@@ -254,7 +259,7 @@ class LogShipper:
         while True:
             with self.lock:
                 pending = self.sent < len(self.buffer)
-            if not pending or time.monotonic() > deadline:
+            if not pending or self.refused or time.monotonic() > deadline:
                 return
             if not self._send():
                 time.sleep(pause)

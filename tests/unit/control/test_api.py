@@ -177,6 +177,13 @@ def test_a_worker_is_its_certificate_and_its_address_together(control):
     # worker1's certificate from worker2's address; a stranger CA's worker1; no certificate.
     refused(lambda: control.worker("worker1", source="127.0.0.3").claim(), 403,
             "client certificate")
+    # Nor from elsewhere claiming worker1's address in a header.
+    spoofing = control.worker("worker1", source="127.0.0.1")
+    spoofing.session.headers["X-Forwarded-For"] = "127.0.0.2"
+    refused(lambda: spoofing.claim(), 403, "client certificate")
+    management = control.operator(source="127.0.0.2")
+    management.session.headers["X-Forwarded-For"] = "127.0.0.1"
+    refused(lambda: management.list(), 403, "management_networks")
     # (TLS 1.3 sends the refusal of a client certificate after the handshake: a reset.)
     refused(lambda: control.worker("worker1", tls=control.stranger).claim(), 0)
     anonymous = plain_session(control)
@@ -309,3 +316,16 @@ def test_twenty_tasks_three_workers_over_the_api_each_runs_once_in_order(control
     for kind, queued in ids.items():
         assert [r["id"] for r in by_claim if r["agent_type"] == kind] == queued
     assert {name for name, t in ran if t in ids["aider"]} == {"worker3"}
+
+
+def test_a_log_past_its_bound_is_refused_and_the_rest_stays_on_the_worker(tmp_path):
+    control = write_config(tmp_path, max_log_bytes=2048).start()
+    try:
+        task = control.operator().submit(URL_SPEC)
+        worker = control.worker("worker1")
+        worker.claim()
+        assert worker.log(task["id"], 0, b"x" * 2000) == 2000
+        refused(lambda: worker.log(task["id"], 2000, b"y" * 100), 413, "log", "max_log_bytes")
+        assert control.operator().log(task["id"])[1] == 2000
+    finally:
+        control.kill()
