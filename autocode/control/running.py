@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from decimal import Decimal, InvalidOperation
@@ -22,6 +23,8 @@ from typing import Any
 RUNNING_FILE = "running-tasks.json"
 OVER_BUDGET_DIR = "over-budget"
 TRAFFIC_DIR = "traffic"  # per task: the hosts it contacted, from the proxy
+# store.new_task_id's shape; a file is named by an id only when it has that shape.
+TASK_ID = re.compile(r"^t-[0-9]{6}-[0-9a-f]{10}\Z")
 
 
 def write_running(path: Path, running: dict[str, dict[str, Any]]) -> None:
@@ -76,12 +79,13 @@ class RunningTasks:
 
 
 def mark_over_budget(folder: Path, task_id: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / task_id).touch()
+    if TASK_ID.match(task_id):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / task_id).touch()
 
 
 def is_over_budget(folder: Path, task_id: str) -> bool:
-    return (folder / task_id).exists()
+    return bool(TASK_ID.match(task_id)) and (folder / task_id).exists()
 
 
 class TaskTraffic:
@@ -99,7 +103,7 @@ class TaskTraffic:
 
     def add(self, record: dict[str, Any]) -> None:
         task_id = record.get("task_id")
-        if not task_id:
+        if not isinstance(task_id, str) or not TASK_ID.match(task_id):
             return
         hosts = self._tasks.get(task_id)
         if hosts is None:
@@ -142,6 +146,8 @@ class TaskTraffic:
 
 
 def read_task_traffic(folder: Path, task_id: str) -> dict[str, Any]:
+    if not TASK_ID.match(task_id):
+        return {}
     try:
         return json.loads((folder / f"{task_id}.json").read_text())["hosts"]
     except (OSError, ValueError, KeyError):

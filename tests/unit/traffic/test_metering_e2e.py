@@ -211,6 +211,9 @@ def test_a_rate_limit_answers_429_with_retry_after(tmp_path, fixture_port):
     assert json.loads(statuses[2][2])["error"]["type"] == "rate_limit_error"
 
 
+T1, T2 = "t-261204-00000000a1", "t-261204-00000000b2"  # autocode-control's id shape
+
+
 def test_a_tasks_calls_carry_its_id_and_its_own_budget_holds(tmp_path, fixture_port):
     """autocode-control's running-tasks.json names w1's task: every record and ledger row
     of w1 carries it, and the task's budget is held like the day's; a later task on the
@@ -222,7 +225,7 @@ def test_a_tasks_calls_carry_its_id_and_its_own_budget_holds(tmp_path, fixture_p
     worst = worst_case_of(body)
     # Room for one worst case and a little: the first call fits; once it has cost what it
     # cost (about a tenth of its worst case), the same call no longer does.
-    write_running(running, {"w1": {"task_id": "t-1",
+    write_running(running, {"w1": {"task_id": T1,
                                    "budget_usd": str((worst * Decimal("1.05")).quantize(
                                        Decimal("0.000001")))}})
     config = write_config(tmp_path, fixture_port)
@@ -234,23 +237,23 @@ def test_a_tasks_calls_carry_its_id_and_its_own_budget_holds(tmp_path, fixture_p
         status, _, raw = call(proxy, fixture_port, path, body)
         assert status == 400, raw
         message = json.loads(raw)["error"]["message"]
-        assert "the budget of" in message and "for task t-1 is spent for a call this large" \
+        assert "the budget of" in message and f"for task {T1} is spent for a call this large" \
             in message and "larger --budget" in message
-        assert is_over_budget(running.parent / "over-budget", "t-1")
-        assert not is_over_budget(running.parent / "over-budget", "t-2")
-        write_running(running, {"w1": {"task_id": "t-2", "budget_usd": "1"}})
+        assert is_over_budget(running.parent / "over-budget", T1)
+        assert not is_over_budget(running.parent / "over-budget", T2)
+        write_running(running, {"w1": {"task_id": T2, "budget_usd": "1"}})
         time.sleep(0.6)  # the proxy looks again at most twice a second
         assert call(proxy, fixture_port, path, body)[0] == 200
         rows = wait_for(lambda: len(ledger_rows(tmp_path)) == 2 and ledger_rows(tmp_path))
         records = wait_for(lambda: len(spooled(tmp_path)) >= 3 and spooled(tmp_path))
     assert rows, log.read_text()[-2000:]
-    assert [r["task_id"] for r in rows] == ["t-1", "t-2"]
-    assert [r.get("task_id") for r in records] == ["t-1", "t-1", "t-2"]
+    assert [r["task_id"] for r in rows] == [T1, T2]
+    assert [r.get("task_id") for r in records] == [T1, T1, T2]
     assert [r["verdict"] for r in records] == ["allowed", "blocked", "allowed"]
     # The per-task summary the task's record shows: hosts, requests, bytes, refusals.
     from autocode.control.running import read_task_traffic
-    first = read_task_traffic(running.parent / "traffic", "t-1")[HOST]
+    first = read_task_traffic(running.parent / "traffic", T1)[HOST]
     assert (first["requests"], first["refused"]) == (2, 1)
     assert first["bytes_sent"] == 2 * len(json.dumps(body)) and first["bytes_received"] > 0
-    assert list(first["reasons"].values()) == [1] and "for task t-1" in list(first["reasons"])[0]
-    assert read_task_traffic(running.parent / "traffic", "t-2")[HOST]["requests"] == 1
+    assert list(first["reasons"].values()) == [1] and f"for task {T1}" in list(first["reasons"])[0]
+    assert read_task_traffic(running.parent / "traffic", T2)[HOST]["requests"] == 1
