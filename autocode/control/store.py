@@ -405,6 +405,7 @@ def _record(row: sqlite3.Row, now: float) -> dict[str, Any]:
         "age_s": round(now - row["queued_at"], 3),
         "duration_s": (None if row["started_at"] is None
                        else round((ended or now) - row["started_at"], 3)),
+        "lease_expires_at": row["lease_expires_at"],
         "cancel_requested": bool(row["cancel_requested"]),
         "retry_of": row["retry_of"],
         "result": None if row["result"] is None else json.loads(row["result"]),
