@@ -333,9 +333,9 @@ class Git:
         self._run("init", "-q")
         wanted = spec.get("base_commit")
         source = self.control_url if not spec["repo"].startswith("https://") else spec["repo"]
-        # A named commit, all of its history (the agent may want it); else the tip only.
-        depth = [] if wanted is not None else ["--depth=1"]
-        self._run("fetch", "-q", "--no-tags", *depth, source, wanted or "HEAD")
+        # With its history: the agent may want it, and a shallow result could not be
+        # pushed to the service (receive.shallowUpdate is off there).
+        self._run("fetch", "-q", "--no-tags", source, wanted or "HEAD")
         base = self._run("rev-parse", "--verify", "FETCH_HEAD^{commit}")
         if wanted is not None and base != wanted:
             raise GitError(f"fetched {base}, not the task's base {wanted}")
