@@ -19,6 +19,14 @@ URL_SPEC = {"prompt": "Fix the failing test", "repo": "https://git.example.org/a
             "agent_type": "claude-code"}
 
 
+@pytest.fixture(scope="module")
+def shared_control(tmp_path_factory):
+    service = write_config(tmp_path_factory.mktemp("control")).start()
+    service.repo("app")
+    yield service
+    service.kill()
+
+
 def plain_session(control) -> requests.Session:
     """requests without our client: trust_env off, or REQUESTS_CA_BUNDLE beats `verify`."""
     session = requests.Session()
@@ -134,9 +142,10 @@ def test_a_task_survives_kill_9_of_the_service_and_its_worker_still_reports(cont
     ({"colour": "blue"}, "colour", "Extra inputs"),
     ({"timeout_s": 0}, "timeout_s", "greater than or equal to 1"),
 ])
-def test_bad_input_is_refused_naming_the_field_and_queues_nothing(control, spec, field, match):
+def test_bad_input_is_refused_naming_the_field_and_queues_nothing(shared_control, spec, field,
+                                                                  match):
+    control = shared_control  # nothing is queued by any of them, so one service serves all
     operator = control.operator()
-    control.repo("app")
     error = refused(lambda: operator.submit({**URL_SPEC, **spec}), 422, field, match)
     assert error.fix or error.status == 422
     assert operator.list() == []
