@@ -61,14 +61,14 @@ def claim_latency(tasks: int) -> dict:
                 while not stop.is_set():
                     try:
                         task = client.claim(wait_s=2)
+                        if task is None:
+                            continue
+                        now = time.perf_counter()
+                        with lock:
+                            claimed[task["id"]] = now
+                        client.finish(task["id"], "succeeded")
                     except ControlError:  # the service stopped at the end
                         return
-                    if task is None:
-                        continue
-                    now = time.perf_counter()
-                    with lock:
-                        claimed[task["id"]] = now
-                    client.finish(task["id"], "succeeded")
 
             threads = [threading.Thread(target=poll, args=(name,), daemon=True)
                        for name in WORKERS]
