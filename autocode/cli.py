@@ -46,6 +46,7 @@ from loguru import logger
 
 from autocode.agents.base import AgentBinaryNotFoundError, HeadlessCliAgent
 from autocode.agents.factory import AgentFactory
+from autocode.agents.process import Terminated
 from autocode.agents.types import FAILED, INTERRUPTED, REFUSED_BUDGET, SUCCEEDED, Task, TaskResult
 from autocode.budget import BudgetLedger
 from autocode.config import (
@@ -63,12 +64,8 @@ EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
 CLAIMED_DIR_NAME = ".claimed"
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived: unwind so the running agent's process group is killed."""
-
-
 def _on_sigterm(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("{}", exc)
         print(f"autocode-worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except _Terminated:
+    except Terminated:
         logger.warning("terminated by SIGTERM")
         return 128 + signal.SIGTERM
     finally:
@@ -236,7 +233,7 @@ def _execute(agent: HeadlessCliAgent, task: Task) -> TaskResult:
     task.workdir.mkdir(parents=True, exist_ok=True)
     try:
         return agent.execute_task(task)
-    except (AgentBinaryNotFoundError, _Terminated):
+    except (AgentBinaryNotFoundError, Terminated):
         raise
     except Exception as exc:  # the worker must record the failure, not die with it
         logger.exception("task {} crashed in the worker", task.task_id)

@@ -23,6 +23,11 @@ _READ_CHUNK = 64 * 1024
 _READER_JOIN_S = 5.0
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (the worker is being stopped): raised in the main thread so the
+    stack unwinds and the running agent's process group is killed on the way."""
+
+
 @dataclass
 class ProcessOutcome:
     returncode: int | None

@@ -29,6 +29,7 @@ from typing import Any
 from loguru import logger
 
 from autocode.agents.base import AgentBinaryNotFoundError, HeadlessCliAgent
+from autocode.agents.process import Terminated
 from autocode.agents.types import CANCELLED, FAILED, INTERRUPTED, Task, TaskResult
 from autocode.config import WorkerConfig
 from autocode.control.client import ControlError, WorkerClient
@@ -123,12 +124,14 @@ class RemoteRun:
         except ControlError as exc:
             outcome = {"status": FAILED, "reason": f"autocode-control: {exc}", "result": {}}
         except BaseException as exc:  # SIGTERM (the worker stops) or a crash: say so, then go
-            reason = ("the worker was stopped while this task ran; not re-run"
-                      if type(exc).__name__ == "_Terminated" else
-                      f"worker error: {type(exc).__name__}: {exc}")
             self.cancel.set()
-            self._report(INTERRUPTED if "stopped" in reason else FAILED, reason, {},
-                         patience_s=10)
+            self.log.stop(patience_s=5)  # briefly: systemd waits only so long for a stop
+            if isinstance(exc, Terminated):
+                self._report(INTERRUPTED, "the worker was stopped while this task ran; not "
+                             "re-run", {}, patience_s=10)
+            else:
+                self._report(FAILED, f"worker error: {type(exc).__name__}: {exc}", {},
+                             patience_s=10)
             raise
         finally:
             self.cancel.set()
@@ -139,7 +142,7 @@ class RemoteRun:
     def _execute(self, task: Task) -> TaskResult:
         try:
             return self.agent.execute_task(task, cancel=self.cancel, on_output=self.log.add)
-        except AgentBinaryNotFoundError:
+        except (AgentBinaryNotFoundError, Terminated):
             raise
         except Exception as exc:  # the worker must record the failure, not die with it
             logger.exception("task {} crashed in the worker", task.task_id)
@@ -248,14 +251,14 @@ class LogShipper:
         while not self.stopping.wait(1.0):
             self._send()
 
-    def stop(self) -> None:
-        if not self.thread.is_alive():
+    def stop(self, patience_s: float = LOG_FLUSH_PATIENCE_S) -> None:
+        if self.stopping.is_set() or not self.thread.is_alive():
             return
         self.stopping.set()
         self.thread.join(10)
         # What is left, for a while (the service may be restarting); the record matters
         # more than the log, so not for long.
-        deadline, pause = time.monotonic() + LOG_FLUSH_PATIENCE_S, 0.5
+        deadline, pause = time.monotonic() + patience_s, 0.5
         while True:
             with self.lock:
                 pending = self.sent < len(self.buffer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -254,3 +255,19 @@ def test_logs_follow_while_it_runs_and_a_kill_9_of_the_service_loses_nothing(doo
     record = door.task_json("show", task["id"])
     assert record["status"] == "succeeded" and record["result"]["files_changed"] == 1
     assert len(door.task_json("list")) == 1
+
+
+def test_a_worker_stopped_mid_task_reports_it_interrupted_and_kills_the_agent(door):
+    task = door.task_json("submit", "--repo", str(door.src), "--prompt", "HANG here",
+                          "--agent", "claude-code")
+    worker = door.worker()
+    door.wait_status(task["id"], ("running",))
+    deadline = time.monotonic() + 20
+    while not read_records(door.record) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    agent_pid = read_records(door.record)[0]["pid"]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 128 + signal.SIGTERM
+    record = door.task_json("show", task["id"])
+    assert record["status"] == "interrupted" and "worker was stopped" in record["reason"]
+    assert pid_is_gone(agent_pid)
