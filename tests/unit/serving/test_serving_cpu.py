@@ -267,23 +267,32 @@ def on_demand(base: str) -> None:
 
 
 def queue_bound(base: str) -> None:
-    """max_queued 2: a third request while two are in flight is degraded at once."""
-    from concurrent.futures import ThreadPoolExecutor
+    """max_queued 2: a third request while two are in flight is degraded at once.
 
-    # A try counts only if both long requests were still running when the third was
-    # answered: on a fast, idle machine 1000 tokens can be done within the pause.
-    for _ in range(3):
-        with ThreadPoolExecutor(2) as pool:
-            long = [pool.submit(ask, base, "tiny", 1000, ignore_eos=True) for _ in range(2)]
-            time.sleep(0.7)
-            status, headers, waited = ask(base, "tiny")
-            overlapped = not any(f.done() for f in long)
-            assert [f.result()[0] for f in long] == [200, 200]
-        if overlapped:
-            break
-    assert overlapped, "the long requests kept ending before the third was answered"
+    In flight for sure, on a slow machine or a fast one: two streams of 1000 tokens whose
+    first chunk has arrived (the ingress counts a request from before it is answered until
+    its stream's last byte, and 1000 tokens take seconds here), the third asked the moment
+    they have. (Before: two plain requests and a 0.7 s pause, which under load could end
+    before the third arrived, or not yet have reached the ingress.)"""
+    streams = []
+    try:
+        for _ in range(2):
+            response = post(f"{base}/v1/chat/completions", {
+                "model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 1000, "ignore_eos": True, "stream": True},
+                timeout=LOAD_WAIT_S + 180)
+            streams.append(response)
+            while not (line := response.readline()).startswith(b"data:"):
+                assert line, "the stream ended before its first chunk"
+            # Its first chunk is here: the ingress counts it now.
+        status, headers, waited = ask(base, "tiny")
+        for response in streams:
+            assert b"[DONE]" in response.read()[-200:]  # both streams end whole
+    finally:
+        for response in streams:
+            response.close()
     assert status == 503 and headers.get("X-Autocode-Degraded") == "queue-full", \
-        (status, dict(headers))
+        (status, dict(headers), waited)
     assert headers.get("Retry-After") == "7" and waited < 5
     assert ask(base, "tiny")[0] == 200  # the queue drained
 
