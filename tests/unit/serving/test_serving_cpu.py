@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -132,7 +133,7 @@ def test_ray_serve_app_serves_the_openai_api_on_cpu(tiny_model, tmp_path):
     broken_model.mkdir()
     (broken_model / "config.json").write_text("{}")
     tiny = {"name": "tiny", "model": "tiny-qwen2", "path": str(tiny_model),
-            "tensor_parallel_size": 1, "max_model_len": 1024, "mode": "always-on",
+            "tensor_parallel_size": 1, "max_model_len": 8192, "mode": "always-on",
             "parameters_b": 0.0003, "embedding_parameters_b": 0.0001, "layers": 2,
             "attention_heads": 2, "kv_heads": 1, "head_dim": 64}
     ledger = tmp_path / "served" / "ledger.sqlite3"
@@ -269,28 +270,44 @@ def on_demand(base: str) -> None:
 def queue_bound(base: str) -> None:
     """max_queued 2: a third request while two are in flight is degraded at once.
 
-    In flight for sure, on a slow machine or a fast one: two streams of 1000 tokens whose
+    In flight for sure, on a slow machine or a fast one: two streams of 6000 tokens whose
     first chunk has arrived (the ingress counts a request from before it is answered until
-    its stream's last byte, and 1000 tokens take seconds here), the third asked the moment
-    they have. (Before: two plain requests and a 0.7 s pause, which under load could end
-    before the third arrived, or not yet have reached the ingress.)"""
-    streams = []
+    its stream's last chunk is made; Ray Serve makes them whether the client reads or not),
+    the third asked the moment they have. Reader threads note when each stream ended, so a
+    third answered after a stream had ended fails as that, not as a missing 503. (Before:
+    streams of 1000 tokens, which took about 1.4 s here: a loaded CI machine could finish the
+    first before the second's first chunk came, and the third was answered 200.)"""
+    streams, ended = [], {}
+
+    def drain(index: int, response) -> None:
+        ended[index] = (b"[DONE]" in response.read()[-200:], time.monotonic())
+
+    readers = []
     try:
         for _ in range(2):
             response = post(f"{base}/v1/chat/completions", {
                 "model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 1000, "ignore_eos": True, "stream": True},
+                "max_tokens": 6000, "ignore_eos": True, "stream": True},
                 timeout=LOAD_WAIT_S + 180)
             streams.append(response)
             while not (line := response.readline()).startswith(b"data:"):
                 assert line, "the stream ended before its first chunk"
             # Its first chunk is here: the ingress counts it now.
+        for index, response in enumerate(streams):
+            readers.append(threading.Thread(target=drain, args=(index, response), daemon=True))
+            readers[-1].start()
         status, headers, waited = ask(base, "tiny")
-        for response in streams:
-            assert b"[DONE]" in response.read()[-200:]  # both streams end whole
+        answered = time.monotonic()
+        for reader in readers:
+            reader.join(timeout=LOAD_WAIT_S + 180)
     finally:
         for response in streams:
             response.close()
+    assert all(whole for whole, _ in ended.values()) and len(ended) == 2, \
+        f"both streams end whole: {ended}"
+    first_end = min(at for _, at in ended.values())
+    assert first_end > answered, \
+        f"a stream ended {answered - first_end:.2f} s before the third was answered"
     assert status == 503 and headers.get("X-Autocode-Degraded") == "queue-full", \
         (status, dict(headers), waited)
     assert headers.get("Retry-After") == "7" and waited < 5

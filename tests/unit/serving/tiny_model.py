@@ -27,7 +27,7 @@ def build(out: str) -> None:
     fast.save_pretrained(out)
     config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         max_position_embeddings=8192, tie_word_embeddings=True,
                          eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"),
                          torch_dtype="bfloat16")
