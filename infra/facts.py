@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import ipaddress
 import json
 import shlex
 from collections.abc import Callable, Iterable
@@ -348,6 +349,19 @@ class SshClientAddress(FactBase):
 
     def process(self, output):
         return "".join(output).strip() or None
+
+
+def management_networks(configured: list[str] | None) -> list[str]:
+    """Who may reach management services: the configured networks (normalised), else the
+    control machine's address as this host sees its SSH connection (none when not over
+    SSH: only the host itself, and the workers where a service is theirs too)."""
+    if configured is not None:
+        return [str(ipaddress.ip_network(str(n))) for n in configured]
+    try:
+        address = ipaddress.ip_address(host.get_fact(SshClientAddress) or "")
+    except ValueError:
+        return []
+    return [f"{address}/32"] if address.version == 4 else []
 
 
 class MemoryMB(FactBase):

@@ -3,7 +3,6 @@ gateway of, and who may reach the orchestrator's management services."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 from autocode.problems import Problems, ipv4_networks, network
@@ -28,9 +27,3 @@ class Network(Settings):
         if self.worker_network is None:
             problems.add("worker_network", "missing; the firewall needs the workers' network",
                          "set it under data:, e.g. worker_network: 10.0.1.0/24")
-
-    def management(self) -> list[str] | None:
-        """The management networks, normalised; None: the control machine's address."""
-        if self.management_networks is None:
-            return None
-        return [str(ipaddress.ip_network(str(n))) for n in self.management_networks]

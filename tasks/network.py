@@ -11,14 +11,12 @@ What workers may reach on the orchestrator is what the components declare
 
 from __future__ import annotations
 
-import ipaddress
-
 from pyinfra import host
 from pyinfra.api import deploy
 
 from infra.component import Component
 from infra.components import Catalogue
-from infra.facts import SshClientAddress
+from infra.facts import management_networks
 from infra.operations import (
     default_gateway,
     digest,
@@ -55,7 +53,7 @@ def orchestrator(catalogue: Catalogue) -> None:
                   proxy_port=Mitmproxy.of(host).mitmproxy_port, dns_port=Dns.of(host).dns_port,
                   worker_tcp_ports=catalogue.worker_ports(data),
                   management_tcp_ports=catalogue.management_ports(data),
-                  management_networks=_management_networks(network),
+                  management_networks=management_networks(network.management_networks),
                   private_tcp_ports=catalogue.private_ports(data)),
         v6=render("network/orchestrator.rules.v6.j2",
                   worker_network6=network.worker_network6),
@@ -76,17 +74,6 @@ def worker(catalogue: Catalogue) -> None:
                   orchestrator_tcp_ports=catalogue.worker_ports(host.data.dict())),
         v6=render("network/worker.rules.v6.j2"),
     )
-
-
-def _management_networks(network: Network) -> list[str]:
-    if network.management_networks is not None:
-        return network.management()
-    client = host.get_fact(SshClientAddress)
-    try:
-        address = ipaddress.ip_address(client or "")
-    except ValueError:
-        return []  # not over SSH: only the host itself and the workers
-    return [f"{address}/32"] if address.version == 4 else []
 
 
 def _rulesets(v4: str, v6: str) -> None:
