@@ -6,8 +6,11 @@
 
 What one backup holds, under `<data_root>/backups/autocode/<UTC time>/` (0700, root's):
 
-    ledgers/<path under data_root>   every spend ledger (financial/**/*.sqlite3), copied
+    ledgers/<path under data_root>   every spend ledger (financial/**/*.sqlite3) and the
+                                     task service's database (control/*.sqlite3), copied
                                      with SQLite's online backup: consistent while in use
+    repos/                           the task service's bare repositories (control/repos;
+                                     git writes objects before the refs that name them)
     spool/                           the traffic spool not yet shipped (segments, checkpoint,
                                      dead letters)
     reports/                         financial/reports
@@ -21,8 +24,8 @@ backups (default 14) and removes older ones. `restore` checks every file against
 manifest first and changes nothing if one differs; then puts each back by a rename, so a
 file is either the old or the restored one. Stop the services that write what is restored
 first (autocode-mitmproxy for the spool and metered ledger, autocode-worker for a worker's
-ledger); restore says which files it replaced. Exit status 0, 1 a failed check or copy,
-2 bad usage.
+ledger, autocode-control for the task database and repositories); restore says which
+files it replaced. Exit status 0, 1 a failed check or copy, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 BACKUPS = Path("backups/autocode")
 SPOOL = Path("logs/traffic/spool")
 REPORTS = Path("financial/reports")
+REPOS = Path("control/repos")
 MANIFEST = "MANIFEST.json"
 
 
@@ -97,13 +101,16 @@ def create(data_root: Path, config_dir: Path, keep: int, now: datetime | None = 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
     owners: dict[Path, tuple[int, int, int]] = {}  # what each file had, to restore it so
-    for ledger in sorted((data_root / "financial").rglob("*.sqlite3")):
+    databases = [*(data_root / "financial").rglob("*.sqlite3"),
+                 *(data_root / "control").glob("*.sqlite3")]
+    for ledger in sorted(databases):
         copy = partial / "ledgers" / ledger.relative_to(data_root)
         _copy_sqlite(ledger, copy)
         _owner(ledger, copy, owners)
     # Shipped segments are in Elasticsearch already; what is not shipped is only here.
     _copy_tree(data_root / SPOOL, partial / "spool", owners, skip=("shipped",))
     _copy_tree(data_root / REPORTS, partial / "reports", owners)
+    _copy_tree(data_root / REPOS, partial / "repos", owners)
     _copy_tree(config_dir, partial / "config", owners)
     files = {}
     for path in sorted(partial.rglob("*")):
@@ -146,7 +153,8 @@ def verify(backup: Path) -> dict:
 def restore(backup: Path, data_root: Path, config_dir: Path) -> list[Path]:
     manifest = verify(backup)
     targets = {"ledgers": data_root, "spool": data_root / SPOOL,
-               "reports": data_root / REPORTS, "config": config_dir}
+               "reports": data_root / REPORTS, "repos": data_root / REPOS,
+               "config": config_dir}
     restored = []
     for name in sorted(manifest["files"]):
         section, _, rest = name.partition("/")

@@ -3,6 +3,7 @@ reports and config; destroyed and restored; a tampered backup refused; retention
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from autocode import backup
 from autocode.budget import BudgetLedger
+from autocode.control.store import TaskStore
 
 BACKUP = Path(sys.executable).with_name("autocode-backup")
 
@@ -83,3 +85,37 @@ def test_retention_keeps_the_newest(tmp_path):
             for n in range(5)]
     assert backup.list_backups(data) == made[2:]
     assert run("create", "--data-root", data, "--keep", "0").returncode == 2
+
+
+def test_the_task_database_and_repositories_come_back(tmp_path):
+    """autocode-control's tasks (SQLite in WAL mode, open while backed up) and a bare
+    repository with a pushed commit: destroyed, restored, and both as they were."""
+    data, config, ledger = site(tmp_path)
+    ledger.close()
+    (data / "control").mkdir()
+    store = TaskStore(data / "control/tasks.sqlite3", lease_s=60)
+    task = store.submit({"repo": "app", "prompt": "p", "agent_type": "aider",
+                         "budget_usd": "1"})
+    bare = data / "control/repos/app.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    src = tmp_path / "src"
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    (src / "a.txt").write_text("a\n")
+    git = ["git", "-C", str(src), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    subprocess.run([*git, "push", "-q", str(bare), "HEAD:refs/heads/main"], check=True)
+    out = run("create", "--data-root", data, "--config-dir", config)
+    assert out.returncode == 0, out.stderr
+    store.close()
+    shutil.rmtree(data / "control")
+    out = run("restore", "--from", "latest", "--data-root", data, "--config-dir", config)
+    assert out.returncode == 0, out.stderr
+    back = TaskStore(data / "control/tasks.sqlite3", lease_s=60)
+    try:
+        assert back.get(task["id"])["status"] == "queued"
+    finally:
+        back.close()
+    log = subprocess.run(["git", "-C", str(bare), "log", "--format=%s", "main"],
+                         capture_output=True, text=True)
+    assert log.returncode == 0 and log.stdout == "a\n", log.stderr
