@@ -147,9 +147,12 @@ class Lab:
         cfg.inventory_file.unlink(missing_ok=True)
         # Vault's and Nomad's keys (kept beside the inventory) belong to storage
         # that was just removed with the hosts; kept, they would stop the next converge.
-        for keys in ("vault-keys", "nomad-keys"):
+        for keys in ("vault-keys", "nomad-keys", "control-token"):
             cfg.inventory_file.with_name(f"{cfg.inventory_file.stem}.{keys}.json").unlink(
                 missing_ok=True)
+        # autocode-control's endpoint file and CA copy name the hosts just removed.
+        for name in ("autocode-control.json", "autocode-control-ca.crt"):
+            cfg.inventory_file.with_name(name).unlink(missing_ok=True)
         cfg.state_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, int | None]:

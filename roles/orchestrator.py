@@ -5,6 +5,7 @@ from infra.components import Catalogue
 from tasks import (
     backup,
     base,
+    control,
     dns,
     elasticsearch,
     filebeat,
@@ -24,7 +25,7 @@ from tasks import (
 # shipper writes to them; the log receiver and Filebeat last, once the services whose
 # logs they carry are there; the backup timer once what it backs up exists.
 COMPONENTS = [base, network, dns, platform_ca, runtime, elasticsearch, mitmproxy, metering,
-              vault, nomad, serving, log_forwarding, filebeat, backup]
+              vault, nomad, serving, control, log_forwarding, filebeat, backup]
 
 
 def apply(catalogue: Catalogue) -> None:

@@ -73,11 +73,25 @@ class Endpoint:
         self.upload_pack = data.get("upload_pack")
 
     def token(self) -> str:
+        """The deploy's token file: JSON {"operator_token": ...}, 0600 (infra/control.py)."""
         try:
-            return self.token_file.read_text().strip()
+            mode = self.token_file.stat().st_mode
+            doc = json.loads(self.token_file.read_text())
         except OSError as exc:
             raise UsageError(f"operator token {self.token_file}: cannot read it "
                              f"({exc.strerror})") from None
+        except ValueError:
+            raise UsageError(f"operator token {self.token_file}: not the deploy's JSON; "
+                             "restore it, or delete it and apply the deploy again") from None
+        if mode & 0o077:
+            raise UsageError(f"operator token {self.token_file}: open to other users (mode "
+                             f"{mode & 0o777:04o}); chmod 600 it, and if anyone else may have "
+                             "read it, delete it and apply the deploy again (a new token)")
+        token = doc.get("operator_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UsageError(f"operator token {self.token_file}: holds no operator_token; "
+                             "delete it and apply the deploy again")
+        return token
 
     def client(self) -> OperatorClient:
         return OperatorClient(self.url, self.ca_cert, token=self.token())

@@ -33,7 +33,8 @@ def test_group_data_is_exactly_what_components_declare():
     for key, value in settings.items():
         assert orch[key] == value and workers[key] == value
     assert workers["agent_type"] == "claude-code" and "agent_type" not in orch
-    assert orch["system_users"] == ["autocode", "autocode-proxy", "vault", "autocode-serve"]
+    assert orch["system_users"] == ["autocode", "autocode-proxy", "vault", "autocode-serve",
+                                    "autocode-control"]
     assert workers["system_users"] == ["autocode"]
     assert orch["data_tree"]["logs/traffic/spool"][0] == "autocode-proxy"
     assert "logs/traffic" not in workers["data_tree"]
@@ -43,17 +44,17 @@ def test_group_data_is_exactly_what_components_declare():
 def test_worker_ports_follow_the_owning_components_settings():
     data = {**group_defaults("workers"), "dns_port": 5353, "mitmproxy_port": 3128,
             "vault_port": 8300, "worker_runner": "systemd", "log_forwarding_port": 2600,
-            "model_api_port": 8100}
-    assert components.worker_ports(data) == [2600, 3128, 5353, 8100, 8300]
+            "model_api_port": 8100, "control_worker_port": 7500}
+    assert components.worker_ports(data) == [2600, 3128, 5353, 7500, 8100, 8300]
     assert components.worker_ports({**data, "worker_runner": "nomad"}) == [
-        2600, 3128, 4646, 4647, 5353, 8100, 8300]
+        2600, 3128, 4646, 4647, 5353, 7500, 8100, 8300]
     assert 8100 not in components.worker_ports({**data, "model_serving": "disabled"})
 
 
 def test_one_runtime_install_per_host_with_the_union_of_needs():
     orch = group_defaults("orchestrator")
     assert components.runtime_needs("orchestrator", orch) == (
-        ("proxy",), ("bcrypt>=4,<5", f"mitmproxy=={orch['mitmproxy_version']}"))
+        ("control", "proxy"), ("bcrypt>=4,<5", f"mitmproxy=={orch['mitmproxy_version']}"))
     assert components.runtime_needs("worker", group_defaults("workers")) == ((), ())
     # The pin follows the host's Python: mitmproxy 12 needs 3.12 (Debian 13, Ubuntu 24.04).
     old = ("bcrypt>=4,<5", "mitmproxy==11.0.2")  # 11 with passlib's bcrypt<5

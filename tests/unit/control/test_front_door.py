@@ -49,8 +49,8 @@ class FrontDoor:
             "address": "127.0.0.1", "agent_type": "claude-code", "daily_budget_usd": "10"}})
         self.control.start()
         self.tmp = tmp_path
-        token_file = tmp_path / "autocode-control.token"
-        token_file.write_text(TOKEN + "\n")
+        token_file = tmp_path / "inventory.control-token.json"
+        token_file.write_text(json.dumps({"operator_token": TOKEN}))
         token_file.chmod(0o600)
         self.endpoint = tmp_path / "autocode-control.json"
         self.endpoint.write_text(json.dumps({
@@ -223,9 +223,18 @@ def test_bad_input_at_the_cli_queues_nothing_and_says_why(door, tmp_path):
     missing = door.task("show", "t-000000-0000000000")
     assert missing.returncode == 5 and "no task" in missing.stderr
     token = json.loads(door.endpoint.read_text())
-    (tmp_path / "autocode-control.token").write_text("wrong\n")
+    token_file = tmp_path / "inventory.control-token.json"
+    token_file.write_text(json.dumps({"operator_token": "wrong"}))
     wrong = door.task("list")
-    assert wrong.returncode == 4 and "autocode-control.token" in wrong.stderr
+    assert wrong.returncode == 4 and "token" in wrong.stderr, wrong.stderr
+    token_file.chmod(0o644)
+    open_to_all = door.task("list")
+    assert open_to_all.returncode == 2 and "chmod 600" in open_to_all.stderr
+    token_file.write_text("not json")
+    token_file.chmod(0o600)
+    garbled = door.task("list")
+    assert garbled.returncode == 2 and "not the deploy's JSON" in garbled.stderr
+    token_file.write_text(json.dumps({"operator_token": TOKEN}))
     door.endpoint.write_text(json.dumps({**token, "url": "https://127.0.0.1:1"}))
     down = door.task("list")
     assert down.returncode == 3 and "cannot reach" in down.stderr
