@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -116,18 +117,16 @@ def run_bounded(
     fraction of a second of it being set). `on_output` sees every chunk of stdout and
     stderr as it comes (the live log), from the reader threads. Raises OSError only if it
     cannot start at all. `account` (uid, gid): the child runs as that user and group, with
-    no supplementary groups (needs root or CAP_SETUID and CAP_SETGID)."""
+    no supplementary groups and no capabilities (needs root or CAP_SETUID and CAP_SETGID)."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        list(argv),
+        list(argv) if account is None else as_account(argv, *account),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=str(cwd),
         env=dict(env),
         start_new_session=True,  # own process group: pgid == pid
-        **({} if account is None else
-           {"user": account[0], "group": account[1], "extra_groups": []}),
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = _HeadCapture(proc.stdout.fileno(), max_stdout_bytes, on_output)
@@ -175,3 +174,15 @@ def run_bounded(
         duration_s=time.monotonic() - started,
         cancelled=cancelled,
     )
+
+
+def as_account(argv: Sequence[str], uid: int, gid: int) -> list[str]:
+    """argv run as uid/gid through util-linux's setpriv, which then execs it in the same
+    process (so its group and the kill path are unchanged). setpriv rather than Popen's
+    user/group: a worker that is not root holds CAP_SETUID and CAP_SETGID as ambient
+    capabilities, which a uid change between two non-root accounts keeps and exec passes
+    on; setpriv clears the ambient and inheritable sets, so the agent holds none and cannot
+    become its worker again."""
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={int(uid)}", f"--regid={int(gid)}", "--clear-groups",
+            "--inh-caps=-all", "--ambient-caps=-all", "--", *argv]

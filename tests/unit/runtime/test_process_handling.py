@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
+import subprocess
 import sys
 import time
 
+import pytest
+
 from autocode.agents import ClaudeCodeAgent, Task
-from autocode.agents.process import run_bounded
+from autocode.agents.process import as_account, run_bounded
 from autocode.agents.types import FAILED, TIMED_OUT
 from testing.standins import make_standin, pid_is_gone
 
@@ -100,3 +104,27 @@ def test_unstartable_binary_is_a_failed_result(tmp_path, agent_config_for):
     result = ClaudeCodeAgent(agent_config_for(binary_path=str(broken))).execute_task(
         Task("t1", "p"))
     assert result.status == FAILED and "cannot start" in result.error
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and util-linux's setpriv")
+def test_an_agent_under_its_own_account_holds_no_capability_of_its_worker():
+    """A worker that is not root runs its agent under another account with CAP_SETUID and
+    CAP_SETGID as ambient capabilities (as its unit gives them). A plain uid change keeps
+    them, and exec passes them on (the control below shows it): the agent could become
+    its worker again. Through as_account it holds none."""
+    report = "grep -E '^Cap(Prm|Eff|Amb):' /proc/self/status; id -u"
+    worker = ["setpriv", "--reuid=1", "--regid=1", "--clear-groups",
+              "--inh-caps=+setuid,+setgid", "--ambient-caps=+setuid,+setgid", "--"]
+
+    def caps(argv: list[str]) -> dict[str, str]:
+        out = subprocess.run([*worker, *argv], capture_output=True, text=True, check=True)
+        lines = out.stdout.split()
+        return {**dict(zip(lines[0:-1:2], lines[1:-1:2], strict=True)), "uid": lines[-1]}
+
+    plain = caps(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                  "sh", "-c", report])
+    assert plain["uid"] == "65534" and int(plain["CapAmb:"], 16) != 0  # the hazard
+    agent = caps(as_account(["sh", "-c", report], 65534, 65534))
+    assert agent == {"CapPrm:": "0" * 16, "CapEff:": "0" * 16, "CapAmb:": "0" * 16,
+                     "uid": "65534"}
