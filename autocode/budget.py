@@ -28,6 +28,7 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from time import monotonic, sleep
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from loguru import logger
@@ -94,10 +95,18 @@ class BudgetStatus:
 class BudgetLedger:
     """Spend records for one host. Safe to use from several processes and threads."""
 
-    def __init__(self, db_path: Path | str, timezone: str = "UTC", busy_timeout_s: float = 30.0):
+    def __init__(self, db_path: Path | str, timezone: str = "UTC", busy_timeout_s: float = 30.0,
+                 read_only: bool = False):
+        """`read_only`: another account's ledger, read with no write access to it (the task
+        service reads the proxy's): opened as SQLite's read-only URI, its schema as made."""
         self.db_path = str(db_path)
         self.tz = ZoneInfo(timezone)
         self._lock = threading.Lock()
+        if read_only:
+            self._db = sqlite3.connect(
+                f"file:{quote(self.db_path)}?mode=ro", uri=True, timeout=busy_timeout_s,
+                isolation_level=None, check_same_thread=False)
+            return
         if self.db_path != ":memory:":
             Path(self.db_path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: each statement is its own transaction, which is what makes

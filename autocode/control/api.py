@@ -239,7 +239,7 @@ def operator_app(config: ControlConfig, store: TaskStore, token_sha256: str) -> 
                           f"one of {', '.join(STATES)}")
         records = store.list(status=status, worker=worker, agent_type=agent_type, limit=limit)
         if config.metered_ledger is not None and config.metered_ledger.exists():
-            ledger = BudgetLedger(config.metered_ledger)
+            ledger = BudgetLedger(config.metered_ledger, read_only=True)
             try:
                 spent = ledger.spent_by_tasks([r["id"] for r in records])
             finally:
@@ -343,7 +343,7 @@ def metered_spend(ledger_path, task_id: str) -> dict[str, Any]:
     """The task's metered cost and tokens per model, from the proxy's ledger."""
     if not ledger_path.exists():
         return {"cost_usd": "0", "calls": 0, "models": {}}
-    ledger = BudgetLedger(ledger_path)
+    ledger = BudgetLedger(ledger_path, read_only=True)
     try:
         rows = ledger.charges_of_task(task_id)
     finally:
