@@ -110,6 +110,8 @@ class RemoteRun:
         try:
             shutil.rmtree(workdir, ignore_errors=True)  # a fresh tree, whatever was there
             workdir.mkdir(parents=True)
+            if self.config.agent_user:
+                reachable_by_others(self.config.artifacts_dir, workdir.parent)
             base = self.git.checkout(spec)
             self.client.start(task_id)
             heart.start()
@@ -366,3 +368,12 @@ class Git:
         return {"result_commit": commit, "branch": self.branch.removeprefix("refs/heads/"),
                 "files_changed": files, "lines_added": added, "lines_deleted": deleted}
 
+
+def reachable_by_others(*folders: Path) -> None:
+    """Traversable (o+x), never listable, by the agent's account: it reaches its own work
+    tree, handed to it for the run; the worker's other folders (its git directories, run
+    logs, results) keep their own modes, closed to it."""
+    for folder in folders:
+        mode = folder.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
