@@ -25,6 +25,17 @@ ENDPOINT_FILE = "autocode-control.json"
 OrchestratorPort = Annotated[Port, For("orchestrator")]
 
 
+def running_tasks_file(data_root: str) -> str:
+    """Which task each worker runs: the service writes it, the proxy reads it
+    (autocode/control/config.py names the same files under data_root)."""
+    return f"{data_root}/control/running-tasks.json"
+
+
+def task_dirs(data_root: str) -> tuple[str, str]:
+    """Where the proxy writes for the service: over-budget marks, per-task traffic."""
+    return (f"{data_root}/control/over-budget", f"{data_root}/control/traffic")
+
+
 class Control(Settings):
     control_operator_port: OrchestratorPort = 7443
     """The operators' API (`autocode task`): HTTPS and the token, from management_networks."""

@@ -18,10 +18,13 @@ from infra.settings import (
     SettingProblem,
     Settings,
     checked,
+    choice,
 )
 from settings.agent_clis import AgentClis
 from settings.base import Base
+from settings.control import Control
 from settings.inventory import Addresses
+from settings.platform_ca import TRUSTED_CA
 from settings.runtime import Runtime
 from settings.serving import Serving
 
@@ -29,6 +32,17 @@ CONFIG_NAME = "worker.yaml"
 UNIT = "autocode-worker.service"
 # The limits an inventory sets in agent_limits (worker.yaml's own names).
 LIMITS = ("task_timeout_s", "kill_grace_s", "max_turns", "max_output_mb", "poll_interval_s")
+# Claiming from the orchestrator: the agent runs under an account of its own, so it can
+# neither read the worker's client key nor act as the worker (docs/control.md).
+AGENT_USER = "autocode-agent"
+AGENT_HOME = "/var/lib/autocode-agent"
+CONTROL_CLIENT_DIR = "/etc/autocode/control-client"
+CONTROL_CERT = f"{CONTROL_CLIENT_DIR}/worker.crt"
+CONTROL_KEY = f"{CONTROL_CLIENT_DIR}/worker.key"
+TASK_SOURCES = {
+    "orchestrator": "claims tasks from autocode-control; the agent runs as " + AGENT_USER,
+    "inbox": "runs task files moved into its inbox; the agent runs as the worker's account",
+}
 
 
 def _limits(value: Any) -> dict:
@@ -78,8 +92,12 @@ class Worker(Settings):
     model_api_key_file: _text(_absolute) = ""
     """A file on the worker holding the model API's key, if it needs one."""
     orchestrator_url: _text(lambda p, f, v: check_url(
-        p, f, v, ("http", "https"), "http://10.0.1.1")) = ""
-    """The orchestrator's URL for the worker; empty: http://<orchestrator_address>."""
+        p, f, v, ("http", "https"), "https://10.0.1.1:7444")) = ""
+    """The task service's URL for the worker; empty: https://<orchestrator_address>:
+    <control_worker_port> (with task_source inbox: http://<orchestrator_address>)."""
+    task_source: Annotated[choice(TASK_SOURCES, "a task source"), For("worker")] = \
+        "orchestrator"
+    """Where the worker takes its tasks: the orchestrator's task service, or its inbox."""
     agent_limits: Annotated[Any, AfterValidator(_limits), For("worker")] = {
         "task_timeout_s": 3600, "kill_grace_s": 10, "max_turns": 50, "max_output_mb": 16,
         "poll_interval_s": 5}
@@ -97,13 +115,21 @@ class Worker(Settings):
     """/tmp and /var/tmp: what nobody has touched for this many days goes, by
     systemd-tmpfiles' daily clean (a running service's private /tmp is systemd's)."""
 
-    def url_of_orchestrator(self, orchestrator_address: str) -> str:
-        return self.orchestrator_url or f"http://{orchestrator_address}"
+    @property
+    def claims(self) -> bool:
+        return self.task_source == "orchestrator"
+
+    def url_of_orchestrator(self, orchestrator_address: str, control_port: int) -> str:
+        if self.orchestrator_url:
+            return self.orchestrator_url
+        host = f"[{orchestrator_address}]" if ":" in orchestrator_address else \
+            orchestrator_address
+        return f"https://{host}:{control_port}" if self.claims else f"http://{host}"
 
     def rules(self, problems: Problems, host: HostSettings) -> None:
         if host.role != "worker":
             return
-        if any(host.get(m) is None for m in (Base, Runtime, AgentClis, Serving)):
+        if any(host.get(m) is None for m in (Base, Runtime, AgentClis, Serving, Control)):
             return  # those say what is wrong, once
         # The runtime's own parser on the very file the host will get; what depends on the
         # host (folders, files) is checked there, by `autocode-worker check`.
@@ -130,7 +156,8 @@ def worker_yaml(settings: HostSettings, name: str) -> dict:
         "daily_budget_usd": str(runtime.daily_budget_usd),
         "data_root": base.data_root,
         "timezone": runtime.timezone,
-        "orchestrator_url": worker.url_of_orchestrator(address),
+        "orchestrator_url": worker.url_of_orchestrator(address,
+                                                       settings[Control].control_worker_port),
         "model_endpoint": worker.model_endpoint or settings[Serving].model_endpoint(address),
         "model_name": worker.model_name,
         **worker.agent_limits,
@@ -140,4 +167,7 @@ def worker_yaml(settings: HostSettings, name: str) -> dict:
     }
     if worker.model_api_key_file:
         yaml_settings["model_api_key_file"] = worker.model_api_key_file
+    if worker.claims:
+        yaml_settings.update(control_cert=CONTROL_CERT, control_key=CONTROL_KEY,
+                             control_ca=TRUSTED_CA, agent_user=AGENT_USER)
     return yaml_settings

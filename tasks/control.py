@@ -43,6 +43,8 @@ from settings.control import (
     Control,
 )
 from settings.inventory import Addresses
+from settings.metering import LEDGER
+from settings.mitmproxy import PROXY_USER
 from settings.network import Network
 from settings.platform_ca import CA_CERT, CA_KEY
 from settings.runtime import Runtime, host_install_digest
@@ -53,7 +55,13 @@ COMPONENT = Component(
     name="control",
     settings=Control,
     system_users={"orchestrator": (CONTROL_USER,)},
-    data_tree={"orchestrator": {"control": (CONTROL_USER, CONTROL_USER, "750")}},
+    # Setgid folders: what the service writes there (the running tasks) is the proxy's to
+    # read, and what the proxy writes (over-budget marks, per-task traffic) the service's.
+    data_tree={"orchestrator": {
+        "control": (CONTROL_USER, PROXY_USER, "2750"),
+        "control/over-budget": (PROXY_USER, CONTROL_USER, "2750"),
+        "control/traffic": (PROXY_USER, CONTROL_USER, "2750"),
+    }},
     worker_ports=lambda control: [control.control_worker_port],
     # Both: the workers' port is the workers' and the management networks' only.
     management_ports=lambda control: [control.control_operator_port,
@@ -76,6 +84,8 @@ def control_yaml(settings: HostSettings, workers: dict[str, dict], networks: lis
         # Strings: the service reads amounts as exact Decimals, never through a float.
         "default_budget_usd": str(control.control_default_budget_usd),
         "lease_s": control.control_lease_s,
+        # The proxy's, read-only: each task's metered cost and tokens.
+        "metered_ledger": f"{base.data_root}/{LEDGER}",
     }
     header = "# Managed by autocode (tasks/control.py); see autocode/control/config.py.\n"
     return header + yaml.safe_dump(doc, sort_keys=False)
@@ -146,7 +156,10 @@ def orchestrator(catalogue: Catalogue) -> None:
     systemd_unit(
         name=f"Unit {UNIT}", unit=UNIT,
         text=render("control/autocode-control.service.j2", user=CONTROL_USER, venv=venv,
-                    config=CONFIG, state_dir=f"{base.data_root}/control"),
+                    config=CONFIG, state_dir=f"{base.data_root}/control",
+                    # The proxy's ledger: financial/ is the autocode group's, the files
+                    # the proxy's group's.
+                    groups=f"{base.service_user} {PROXY_USER}"),
         inputs={"control.yaml": digest(text), "token": token.sha256(),
                 "runtime": host_install_digest(host, catalogue) or ""},
         restart_when=(config_op, cert_op, token_op), settle_s=2,

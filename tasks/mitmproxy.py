@@ -30,6 +30,7 @@ from infra.render import render
 from infra.settings import HostSettings
 from settings import elasticsearch as es_settings
 from settings.base import Base
+from settings.control import running_tasks_file, task_dirs
 from settings.metering import LEDGER, Metering
 from settings.mitmproxy import (
     ADDON,
@@ -86,6 +87,9 @@ def traffic_config(settings: HostSettings, workers: dict[str, str],
         "non_http": proxy.proxy_non_http,
         "workers": workers,
         "elasticsearch": shipper_target(settings, es_key or es_settings.Credentials()),
+        # Which task each worker runs (autocode-control writes it): records and ledger rows
+        # carry the task's id, and the task's budget is held like the worker's day.
+        "running_tasks": running_tasks_file(base.data_root),
     })
 
 
@@ -145,7 +149,8 @@ def orchestrator(catalogue: Catalogue) -> None:
     common = dict(user=PROXY_USER, venv=venv, config=TRAFFIC_CONFIG,
                   spool_dir=proxy.spool_dir(base.data_root),
                   ledger_dir=f"{base.data_root}/{Path(LEDGER).parent}",
-                  cache_dir=proxy.cache_dir(base.data_root))
+                  cache_dir=proxy.cache_dir(base.data_root),
+                  task_dirs=task_dirs(base.data_root))
     inputs = {"traffic.yaml": digest(config),
               "runtime": host_install_digest(host, catalogue) or ""}
     check_config = (f"runuser -u {PROXY_USER} -- {q(venv)}/bin/autocode-traffic-shipper "

@@ -42,11 +42,13 @@ from infra.operations import (
 from infra.render import render
 from infra.settings import HostSettings
 from settings.base import Base
+from settings.control import Control
 from settings.inventory import Addresses
 from settings.nomad import Nomad
 from settings.platform_ca import CA_CERT, CA_KEY, TRUSTED_CA
 from settings.runtime import Runtime
 from settings.vault import Vault
+from settings.worker import Worker
 
 NOMAD_USER = "nomad"
 BINARY = "/usr/bin/nomad"
@@ -124,7 +126,8 @@ def worker_job(settings: HostSettings, count: int, orchestrator_address: str) ->
                   count=count, volume=DATA_VOLUME, user=base.service_user,
                   command=f"{base.runtime_venv}/bin/autocode-worker",
                   worker_config=base.worker_config, data_root=base.data_root,
-                  orchestrator_url=f"http://{orchestrator_address}",
+                  orchestrator_url=settings[Worker].url_of_orchestrator(
+                      orchestrator_address, settings[Control].control_worker_port),
                   cores=nomad.nomad_task_cores, memory_mb=nomad.nomad_task_memory_mb)
 
 

@@ -37,7 +37,8 @@ COMPONENT = Component(
                          # The proxy writes the metered ledger in its own folder inside.
                          "financial": ("autocode", "autocode", "751")},
         "worker": {**_RUNTIME_DATA,
-                   "worker-artifacts": ("autocode", "autocode", "750"),
+                   # 751: an agent under its own account passes through to its work tree.
+                   "worker-artifacts": ("autocode", "autocode", "751"),
                    "worker-artifacts/projects": ("autocode", "autocode", "750"),
                    "worker-artifacts/code": ("autocode", "autocode", "750"),
                    "worker-artifacts/results": ("autocode", "autocode", "750")},

@@ -1,28 +1,39 @@
 """The task service deployed: autocode-control on the orchestrator, used from the control
 machine with the real `autocode task` CLI and the files the deploy wrote beside the
-inventory (endpoint, platform CA copy, 0600 token), git over the deploy's SSH access; and
-refused to whoever is not an operator.
-
-The workers do not claim from it yet (they still read their inboxes: test_workers.py), so
-the tasks here stay queued until cancelled; the worker side runs as real processes in
-tests/unit/control/."""
+inventory (endpoint, platform CA copy, 0600 token), git over the deploy's SSH access; a
+task run through it by worker3 (the lab's claiming worker, `task_source: orchestrator`)
+with its real agent CLI under an account of its own, fetched back as a branch, its
+metered cost from the proxy's ledger rows carrying its id; and refused to whoever is not
+an operator. The other lab workers keep their inboxes for now (lab/inventory_file.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
+import uuid
+from decimal import Decimal
 
 import pytest
 
 from infra.inventory_file import group_defaults
+from lab.inventory_file import CLAIMING_WORKER, LAB_AGENTS, LAB_AGENTS_BY_SUITE
 from settings.control import CONFIG, CONTROL_USER, UNIT
+from settings.metering import LEDGER
+from settings.worker import AGENT_USER, CONTROL_KEY
+from settings.worker import UNIT as WORKER_UNIT
 from testing.deploy import changed_hosts
+from testing.figures import record
 
 pytestmark = pytest.mark.lab
 ORCH = group_defaults("orchestrator")
 REPOS = f"{ORCH['data_root']}/control/repos"
+WORKERS = group_defaults("workers")
+CLAIMING = f"worker{CLAIMING_WORKER}"
+RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +41,11 @@ def endpoint(lab, converged):
     return lab.inventory_file.with_name("autocode-control.json")
 
 
-def task(endpoint, *args: str, check_code: int | None = 0) -> subprocess.CompletedProcess:
+def task(endpoint, *args: str, check_code: int | None = 0,
+         timeout: float = 120) -> subprocess.CompletedProcess:
     run = subprocess.run([sys.executable, "-m", "autocode.control.cli", "--control",
                           str(endpoint), "task", *args], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "NO_PROXY": "*"})
+                         timeout=timeout, env={**os.environ, "NO_PROXY": "*"})
     if check_code is not None:
         assert run.returncode == check_code, (args, run.returncode, run.stderr)
     return run
@@ -160,3 +172,66 @@ def test_tampering_is_reported_and_repaired_and_the_token_kept(pyinfra, ssh, end
     assert isinstance(task_json(endpoint, "list"), list)
     again, _ = pyinfra.run()
     assert changed_hosts(again) == {}
+
+
+def test_a_task_through_the_front_door_runs_the_real_cli_and_comes_back_as_a_branch(
+        lab, ssh, endpoint, repo):
+    """The story: submit, follow its log to the end, show, fetch; the branch holds the file
+    the agent made; the task's metered cost is, to the micro-dollar, the sum of the
+    proxy's ledger rows carrying its id; the agent ran as its own account, without the
+    worker's capabilities."""
+    kind = LAB_AGENTS_BY_SUITE.get(lab.cfg.suite, LAB_AGENTS)[CLAIMING_WORKER - 1]
+    content = f"written by {kind} through the front door for {RUN}"
+    began = time.monotonic()
+    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
+                          "--budget", "2", "--prompt",
+                          f"Create the file hello.txt containing exactly: {content}")
+    task_id = submitted["id"]
+    follow = task(endpoint, "logs", task_id, "--follow", check_code=None, timeout=600)
+    shown = task_json(endpoint, "show", task_id)
+    elapsed = time.monotonic() - began
+    journal = ssh(CLAIMING, f"journalctl -u {WORKER_UNIT} -n 30 --no-pager -o cat",
+                  check=False).stdout
+    assert shown["status"] == "succeeded" and follow.returncode == 0, \
+        (shown, follow.stderr[-2000:], journal)
+    assert shown["worker"] == CLAIMING
+    task(endpoint, "fetch", task_id, "--repo", str(repo))
+    made = subprocess.run(["git", "-C", str(repo), "show", f"autocode/{task_id}:hello.txt"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0 and made.stdout == content + "\n", made.stderr
+    # The metered cost: exactly the proxy's ledger rows with this task's id.
+    orch = lab.cfg.orchestrator.name
+    code = ("import json, sys; from autocode.budget import BudgetLedger; "
+            f"rows = BudgetLedger({ORCH['data_root'] + '/' + LEDGER!r}, read_only=True)"
+            ".charges_of_task(sys.argv[1]); print(json.dumps([r['amount_usd'] for r in rows],"
+            " default=str))")
+    venv = f"{ORCH['install_dir']}/venv"
+    rows = json.loads(ssh(orch, f"{venv}/bin/python -c {shlex.quote(code)} {task_id}").stdout)
+    assert rows, "no metered call carried the task's id"
+    assert Decimal(shown["metered"]["cost_usd"]) == sum(Decimal(r) for r in rows)
+    assert shown["metered"]["calls"] == len(rows)
+    # The agent's process: setpriv to the agent's account, every capability dropped.
+    uid = ssh(CLAIMING, f"id -u {AGENT_USER}").stdout.strip()
+    process = json.loads(ssh(CLAIMING, f"cat {WORKERS['data_root']}/worker-artifacts/"
+                                       f"{CLAIMING}/runs/{task_id}/process.json").stdout)
+    assert process["argv"][0].endswith("setpriv") and f"--reuid={uid}" in process["argv"]
+    assert "--ambient-caps=-all" in process["argv"]
+    record(f"{kind} task through the front door ({CLAIMING})",
+           f"{elapsed:.1f} s submit to fetched, {len(rows)} metered calls, "
+           f"{shown['metered']['cost_usd']} USD")
+
+
+def test_the_agents_account_cannot_use_the_workers_credential(ssh, endpoint, lab):
+    """Outside any task too: autocode-agent is in no group of the worker's, cannot read the
+    worker's client key or config, and without the key the workers' API takes nothing."""
+    assert ssh(CLAIMING, f"id -nG {AGENT_USER}").stdout.split() == [AGENT_USER]
+    key = ssh(CLAIMING, f"stat -c '%U:%G %a' {CONTROL_KEY}").stdout.split()
+    assert key == [f"{WORKERS['service_user']}:{WORKERS['service_user']}", "640"]
+    for path in (CONTROL_KEY, f"{WORKERS['config_dir']}/worker.yaml"):
+        read = ssh(CLAIMING, f"runuser -u {AGENT_USER} -- cat {path}", check=False)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, path
+    port = ORCH["control_worker_port"]
+    claim = ssh(CLAIMING, f"runuser -u {AGENT_USER} -- curl -sS -m 10 -X POST "
+                f"https://{lab.cfg.orchestrator.worker_addr}:{port}/v1/worker/claim",
+                check=False)
+    assert claim.returncode not in (0, 7, 28), (claim.returncode, claim.stderr)

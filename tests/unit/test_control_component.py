@@ -113,7 +113,7 @@ def test_the_unit_is_valid_for_systemd(tmp_path):
     unit = tmp_path / "autocode-control.service"
     unit.write_text(render("control/autocode-control.service.j2", user="root",
                            venv="/usr", config="/etc/autocode/control.yaml",
-                           state_dir="/var/lib/autocode/control"))
+                           state_dir="/var/lib/autocode/control", groups="root"))
     check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                            text=True)
     problems = [line for line in check.stderr.splitlines()

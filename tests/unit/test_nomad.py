@@ -70,7 +70,7 @@ def test_the_job_runs_one_coding_agent_per_worker_as_the_seed_says():
     assert args[args.index("--agent-type") + 1] == "${meta.agent_type}"
     env = task["env"][0]
     assert env == {"DAILY_BUDGET": "${meta.daily_budget_usd}",
-                   "PROJECT_ID": "${meta.project_id}", "ORCHESTRATOR_URL": "http://10.0.1.1"}
+                   "PROJECT_ID": "${meta.project_id}", "ORCHESTRATOR_URL": "https://10.0.1.1:7444"}
     assert task["resources"][0] == {"cores": 4, "memory": 2048}
     # The data tree comes in as the client's host volume, mounted where it is on the host.
     [(volume, spec)] = _blocks(group, "volume")
@@ -88,7 +88,7 @@ def test_the_job_follows_the_inventory_and_the_settings():
     assert group["count"] == 2 and task["user"] == "agent"
     assert task["config"][0]["command"] == "/srv/autocode/venv/bin/autocode-worker"
     assert task["resources"][0] == {"cores": 2, "memory": 4096}
-    assert task["env"][0]["ORCHESTRATOR_URL"] == "http://10.9.0.1"
+    assert task["env"][0]["ORCHESTRATOR_URL"] == "https://10.9.0.1:7444"
 
 
 # -- agent configuration --------------------------------------------------------------------

@@ -48,7 +48,17 @@ def test_worker_yaml_is_what_the_runtime_reads_with_every_inventory_value():
     assert str(config.daily_budget_usd) == "12.5" and raw["daily_budget_usd"] == "12.5"
     assert config.task_timeout_s == 900 and config.max_turns == 50
     assert config.model_endpoint == "https://llm.example/v1" and config.model_name == "m1"
-    assert config.orchestrator_url == "http://10.0.1.1"
+    # By default it claims from autocode-control, its agent under an account of its own.
+    assert config.orchestrator_url == "https://10.0.1.1:7444"
+    assert (raw["control_cert"], raw["control_key"], raw["control_ca"]) == (
+        "/etc/autocode/control-client/worker.crt", "/etc/autocode/control-client/worker.key",
+        "/usr/local/share/ca-certificates/autocode-platform/autocode-platform-ca.crt")
+    assert config.claims_from_orchestrator and config.agent_user == "autocode-agent"
+    inbox = parse_worker_config(yaml.safe_load(worker.render_config(HostSettings(
+        {**data, "task_source": "inbox", "control_worker_port": 7500}), "worker2")),
+        on_host=False)
+    assert inbox.orchestrator_url == "http://10.0.1.1" and inbox.agent_user is None
+    assert not inbox.claims_from_orchestrator
     # Vault's address is the agents' (vault.env, read by SecretManager), not the runtime's.
     assert "vault_addr" not in raw and "vault_cacert" not in raw
     assert config.agent_binaries == {"aider": "/opt/autocode/agent-clis/aider/bin/aider"}
@@ -123,16 +133,32 @@ def test_pins_follow_what_the_worker_installs():
     assert node_bin_dir(worker_data()) == "/usr/bin"
 
 
-def test_the_unit_is_the_seeds_and_hardened():
+def worker_unit(claims: bool) -> tuple[str, configparser.SectionProxy]:
     unit = render("worker/autocode-worker.service.j2", user="autocode",
                   venv="/opt/autocode/venv", config="/etc/autocode/worker.yaml",
                   install_dir="/opt/autocode", data_root="/mnt/data/autocode",
                   home="/var/lib/autocode", orchestrator_url="http://10.0.1.1",
                   path="/opt/autocode/agent-clis/npm/bin:/usr/bin:/bin",
-                  env_files=("/etc/autocode/proxy-ca.env", "/etc/autocode/vault.env"))
+                  env_files=("/etc/autocode/proxy-ca.env", "/etc/autocode/vault.env"),
+                  claims=claims, agent_home="/var/lib/autocode-agent")
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str
     parser.read_string(unit.replace("EnvironmentFile=-/etc/autocode/vault.env\n", ""))
+    return unit, parser
+
+
+def test_a_claiming_worker_holds_only_what_it_needs_to_run_its_agent_as_another_account():
+    _, parser = worker_unit(claims=True)
+    service = parser["Service"]
+    caps = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_READ_SEARCH"
+    assert service["CapabilityBoundingSet"] == caps and service["AmbientCapabilities"] == caps
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ReadWritePaths"] == \
+        "/mnt/data/autocode /var/lib/autocode /var/lib/autocode-agent"
+
+
+def test_the_unit_is_the_seeds_and_hardened():
+    unit, parser = worker_unit(claims=False)
     service = parser["Service"]
     assert parser["Unit"]["After"] == "network-online.target"
     assert parser["Unit"]["Wants"] == "network-online.target"
