@@ -14,9 +14,10 @@ With `task_source: orchestrator` (the default) the worker claims its tasks from
 autocode-control with a client certificate of the platform CA (its key made here, 0640 to
 the worker's account, never leaving the host; the request signed on the orchestrator), and
 its agent runs as `autocode-agent`, an account of its own: the unit gives the worker
-CAP_SETUID, CAP_SETGID, CAP_CHOWN (the work tree handed over and back) and
-CAP_DAC_READ_SEARCH (to hand back what the agent made private), and the agent holds none
-of them (autocode/agents/process.py `as_account`).
+CAP_SETUID, CAP_SETGID, CAP_CHOWN (the work tree handed over and back),
+CAP_DAC_READ_SEARCH (to hand back what the agent made private) and CAP_KILL (a cancel or a
+timeout kills the agent's process group), and the agent holds none of them
+(autocode/agents/process.py `as_account`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from loguru import logger
+
 _READ_CHUNK = 64 * 1024
 _READER_JOIN_S = 5.0
 
@@ -96,8 +98,13 @@ def _read(fd: int) -> bytes:
 def kill_process_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         pass
+    except PermissionError:
+        # Not one process of the group could be signalled: an agent under another account
+        # and a worker without CAP_KILL. Say so; the agent runs on until it ends.
+        logger.error("cannot signal the agent's process group {}: no permission (a worker "
+                     "running its agent as another account needs CAP_KILL)", pgid)
 
 
 def run_bounded(

@@ -183,8 +183,10 @@ def test_a_task_through_the_front_door_runs_the_real_cli_and_comes_back_as_a_bra
     kind = LAB_AGENTS_BY_SUITE.get(lab.cfg.suite, LAB_AGENTS)[CLAIMING_WORKER - 1]
     content = f"written by {kind} through the front door for {RUN}"
     began = time.monotonic()
+    # Qwen Code sends no max_tokens: the proxy reserves its model's output limit, 2.84 USD
+    # for its first call here; a budget under that is refused_budget at once.
     submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
-                          "--budget", "2", "--prompt",
+                          "--budget", "10", "--prompt",
                           f"Create the file hello.txt containing exactly: {content}")
     task_id = submitted["id"]
     follow = task(endpoint, "logs", task_id, "--follow", check_code=None, timeout=600)
@@ -210,12 +212,6 @@ def test_a_task_through_the_front_door_runs_the_real_cli_and_comes_back_as_a_bra
     assert rows, "no metered call carried the task's id"
     assert Decimal(shown["metered"]["cost_usd"]) == sum(Decimal(r) for r in rows)
     assert shown["metered"]["calls"] == len(rows)
-    # The agent's process: setpriv to the agent's account, every capability dropped.
-    uid = ssh(CLAIMING, f"id -u {AGENT_USER}").stdout.strip()
-    process = json.loads(ssh(CLAIMING, f"cat {WORKERS['data_root']}/worker-artifacts/"
-                                       f"{CLAIMING}/runs/{task_id}/process.json").stdout)
-    assert process["argv"][0].endswith("setpriv") and f"--reuid={uid}" in process["argv"]
-    assert "--ambient-caps=-all" in process["argv"]
     record(f"{kind} task through the front door ({CLAIMING})",
            f"{elapsed:.1f} s submit to fetched, {len(rows)} metered calls, "
            f"{shown['metered']['cost_usd']} USD")
@@ -235,3 +231,43 @@ def test_the_agents_account_cannot_use_the_workers_credential(ssh, endpoint, lab
                 f"https://{lab.cfg.orchestrator.worker_addr}:{port}/v1/worker/claim",
                 check=False)
     assert claim.returncode not in (0, 7, 28), (claim.returncode, claim.stderr)
+
+
+def wait_for(endpoint, task_id: str, states: tuple[str, ...], within: float) -> dict:
+    deadline = time.monotonic() + within
+    while True:
+        shown = task_json(endpoint, "show", task_id)
+        if shown["status"] in states or time.monotonic() > deadline:
+            return shown
+        time.sleep(1)
+
+
+def test_cancel_kills_the_agent_under_its_own_account(lab, ssh, endpoint, repo):
+    """The agent waits on the model (the fixture holds its answer): it runs as
+    autocode-agent with no capability at all (the worker holds five); a cancel reaches it:
+    its process group is killed by the worker, which is another account (CAP_KILL), and
+    the task ends cancelled before its lease could run out."""
+    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
+                          "--budget", "10", "--prompt",
+                          "Wait 300 seconds first. Create the file x.txt containing exactly: x")
+    task_id = submitted["id"]
+    assert wait_for(endpoint, task_id, ("running",), 120)["status"] == "running"
+    deadline = time.monotonic() + 60
+    while ssh(CLAIMING, f"pgrep -u {AGENT_USER}", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(1)
+    caps = ssh(CLAIMING, f"for pid in $(pgrep -u {AGENT_USER}); do grep -E "
+               "'^Cap(Prm|Eff|Amb):' /proc/$pid/status; done").stdout.split()
+    assert caps and set(caps[1::2]) == {"0" * 16}, caps
+    worker_caps = ssh(CLAIMING, f"grep CapAmb /proc/$(systemctl show -P MainPID "
+                      f"{WORKER_UNIT})/status").stdout.split()[1]
+    assert int(worker_caps, 16) != 0  # the worker's, kept from its agent
+    asked = time.monotonic()
+    assert task_json(endpoint, "cancel", task_id)["cancel_requested"] is True
+    ended = wait_for(endpoint, task_id, ("cancelled", "interrupted", "failed", "succeeded"),
+                     120)
+    took = time.monotonic() - asked
+    assert ended["status"] == "cancelled" and ended["reason"] == "cancelled by an operator", \
+        ended
+    assert ssh(CLAIMING, f"pgrep -u {AGENT_USER}", check=False).returncode == 1
+    record("cancel to cancelled, agent under its own account", f"{took:.1f} s")

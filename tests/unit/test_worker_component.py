@@ -150,7 +150,7 @@ def worker_unit(claims: bool) -> tuple[str, configparser.SectionProxy]:
 def test_a_claiming_worker_holds_only_what_it_needs_to_run_its_agent_as_another_account():
     _, parser = worker_unit(claims=True)
     service = parser["Service"]
-    caps = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_READ_SEARCH"
+    caps = "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_READ_SEARCH CAP_KILL"
     assert service["CapabilityBoundingSet"] == caps and service["AmbientCapabilities"] == caps
     assert service["NoNewPrivileges"] == "yes"
     assert service["ReadWritePaths"] == \
