@@ -14,10 +14,10 @@ LAB_AGENTS = ("claude-code", "aider", "qwen-coder", "claude-code")
 # Debian 13's Python 3.13 is newer than any aider-chat release admits (Requires-Python
 # <3.13): there the second worker runs Qwen Code instead.
 LAB_AGENTS_BY_SUITE = {"trixie": ("claude-code", "qwen-coder", "qwen-coder", "claude-code")}
-# The worker that claims its tasks from autocode-control (the default, task_source:
+# The workers that claim their tasks from autocode-control (the default, task_source:
 # orchestrator; tests/lab/test_control.py); the others keep their inboxes for the tests
 # written for them (test_workers.py, test_metering.py) until those move to the front door.
-CLAIMING_WORKER = 3
+CLAIMING_WORKERS = (3, 1)
 
 # The lab's LLM API fixture on the internet host (lab/fixtures/llm_api.py), through the
 # orchestrator's proxy like any outside API; by address, as the workers' resolver forwards
@@ -87,7 +87,7 @@ def render(cfg: LabConfig) -> dict:
                 "address": w.worker_addr,
                 "agent_type": agents[(n - 1) % len(agents)],
                 "daily_budget_usd": 25,
-                **({} if n == CLAIMING_WORKER else {"data": {"task_source": "inbox"}}),
+                **({} if n in CLAIMING_WORKERS else {"data": {"task_source": "inbox"}}),
             }
             for n, w in ((n, cfg.worker(n)) for n in range(1, cfg.workers + 1))
         ],

@@ -1,10 +1,12 @@
 """The task service deployed: autocode-control on the orchestrator, used from the control
 machine with the real `autocode task` CLI and the files the deploy wrote beside the
 inventory (endpoint, platform CA copy, 0600 token), git over the deploy's SSH access; a
-task run through it by worker3 (the lab's claiming worker, `task_source: orchestrator`)
-with its real agent CLI under an account of its own, fetched back as a branch, its
+task run through it by each of the lab's claiming workers (`task_source: orchestrator`:
+worker3 with Qwen Code, worker1 with Claude Code) with its real agent CLI under an account
+of its own, fetched back as a branch, its
 metered cost from the proxy's ledger rows carrying its id; and refused to whoever is not
-an operator. The other lab workers keep their inboxes for now (lab/inventory_file.py)."""
+an operator, or a worker's certificate used from another worker. The other lab workers
+keep their inboxes for now (lab/inventory_file.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from decimal import Decimal
 import pytest
 
 from infra.inventory_file import group_defaults
-from lab.inventory_file import CLAIMING_WORKER, LAB_AGENTS, LAB_AGENTS_BY_SUITE
+from lab.inventory_file import CLAIMING_WORKERS, LAB_AGENTS, LAB_AGENTS_BY_SUITE
 from settings.control import CONFIG, CONTROL_USER, UNIT
 from settings.metering import LEDGER
 from settings.worker import AGENT_USER, CONTROL_KEY
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.lab
 ORCH = group_defaults("orchestrator")
 REPOS = f"{ORCH['data_root']}/control/repos"
 WORKERS = group_defaults("workers")
-CLAIMING = f"worker{CLAIMING_WORKER}"
+CLAIMING = f"worker{CLAIMING_WORKERS[0]}"
 RUN = uuid.uuid4().hex[:8]
 
 
@@ -174,29 +176,30 @@ def test_tampering_is_reported_and_repaired_and_the_token_kept(pyinfra, ssh, end
     assert changed_hosts(again) == {}
 
 
+@pytest.mark.parametrize("worker", [f"worker{n}" for n in CLAIMING_WORKERS])
 def test_a_task_through_the_front_door_runs_the_real_cli_and_comes_back_as_a_branch(
-        lab, ssh, endpoint, repo):
+        lab, ssh, endpoint, repo, worker):
     """The story: submit, follow its log to the end, show, fetch; the branch holds the file
     the agent made; the task's metered cost is, to the micro-dollar, the sum of the
     proxy's ledger rows carrying its id; the agent ran as its own account, without the
     worker's capabilities."""
-    kind = LAB_AGENTS_BY_SUITE.get(lab.cfg.suite, LAB_AGENTS)[CLAIMING_WORKER - 1]
+    kind = LAB_AGENTS_BY_SUITE.get(lab.cfg.suite, LAB_AGENTS)[int(worker[-1]) - 1]
     content = f"written by {kind} through the front door for {RUN}"
     began = time.monotonic()
     # Qwen Code sends no max_tokens: the proxy reserves its model's output limit, 2.84 USD
     # for its first call here; a budget under that is refused_budget at once.
-    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
+    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", worker,
                           "--budget", "10", "--prompt",
                           f"Create the file hello.txt containing exactly: {content}")
     task_id = submitted["id"]
     follow = task(endpoint, "logs", task_id, "--follow", check_code=None, timeout=600)
     shown = task_json(endpoint, "show", task_id)
     elapsed = time.monotonic() - began
-    journal = ssh(CLAIMING, f"journalctl -u {WORKER_UNIT} -n 30 --no-pager -o cat",
+    journal = ssh(worker, f"journalctl -u {WORKER_UNIT} -n 30 --no-pager -o cat",
                   check=False).stdout
     assert shown["status"] == "succeeded" and follow.returncode == 0, \
         (shown, follow.stderr[-2000:], journal)
-    assert shown["worker"] == CLAIMING
+    assert shown["worker"] == worker
     task(endpoint, "fetch", task_id, "--repo", str(repo))
     made = subprocess.run(["git", "-C", str(repo), "show", f"autocode/{task_id}:hello.txt"],
                           capture_output=True, text=True)
@@ -212,7 +215,7 @@ def test_a_task_through_the_front_door_runs_the_real_cli_and_comes_back_as_a_bra
     assert rows, "no metered call carried the task's id"
     assert Decimal(shown["metered"]["cost_usd"]) == sum(Decimal(r) for r in rows)
     assert shown["metered"]["calls"] == len(rows)
-    record(f"{kind} task through the front door ({CLAIMING})",
+    record(f"{kind} task through the front door ({worker})",
            f"{elapsed:.1f} s submit to fetched, {len(rows)} metered calls, "
            f"{shown['metered']['cost_usd']} USD")
 
@@ -271,3 +274,26 @@ def test_cancel_kills_the_agent_under_its_own_account(lab, ssh, endpoint, repo):
         ended
     assert ssh(CLAIMING, f"pgrep -u {AGENT_USER}", check=False).returncode == 1
     record("cancel to cancelled, agent under its own account", f"{took:.1f} s")
+
+
+def test_a_workers_certificate_is_worth_nothing_from_another_worker(ssh, lab):
+    """worker3's client certificate and key, copied by root to worker4: from worker4's
+    address the workers' API refuses them (the name must be the address's worker); from
+    worker3 the same request is taken (404: no such task, not 403)."""
+    port, orch = ORCH["control_worker_port"], lab.cfg.orchestrator.worker_addr
+    pair = {name: ssh(CLAIMING, f"cat /etc/autocode/control-client/worker.{name}").stdout
+            for name in ("crt", "key")}
+    thief = "worker4"
+    ssh(thief, "install -d -m 700 /root/stolen")
+    for name, text in pair.items():
+        ssh(thief, f"cat > /root/stolen/worker.{name}", input=text)
+    request = (f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' -X POST "
+               f"--cacert /etc/ssl/certs/autocode-platform-ca.pem --cert {{dir}}/worker.crt "
+               f"--key {{dir}}/worker.key "
+               f"https://{orch}:{port}/v1/worker/tasks/t-000000-0000000000/heartbeat")
+    try:
+        stolen = ssh(thief, request.format(dir="/root/stolen"), check=False).stdout
+        own = ssh(CLAIMING, request.format(dir="/etc/autocode/control-client")).stdout
+    finally:
+        ssh(thief, "rm -rf /root/stolen")
+    assert (stolen, own) == ("403", "404")
