@@ -297,3 +297,79 @@ def test_a_workers_certificate_is_worth_nothing_from_another_worker(ssh, lab):
     finally:
         ssh(thief, "rm -rf /root/stolen")
     assert (stolen, own) == ("403", "404")
+
+
+def claimed_lines(ssh, worker: str, task_id: str) -> int:
+    journal = ssh(worker, f"journalctl -u {WORKER_UNIT} --no-pager -o cat").stdout
+    return journal.count(f"claimed task {task_id} ")
+
+
+def test_a_batch_runs_each_task_once_in_order_one_at_a_time_per_worker(ssh, endpoint, lab,
+                                                                       repo):
+    """Three tasks for each claiming worker's agent, submitted at once: each claimed and
+    run exactly once, by a worker of its agent type, in the order submitted, never two at
+    once on one worker."""
+    agents = LAB_AGENTS_BY_SUITE.get(lab.cfg.suite, LAB_AGENTS)
+    kinds = {agents[n - 1]: f"worker{n}" for n in CLAIMING_WORKERS}
+    submitted = []
+    for i in range(3):
+        for kind in kinds:
+            record_ = task_json(endpoint, "submit", "--repo", str(repo), "--agent", kind,
+                                "--budget", "10", "--prompt",
+                                f"Create the file n{i}.txt containing exactly: {i}")
+            submitted.append(record_)
+    began = time.monotonic()
+    ended = {}
+    while len(ended) < len(submitted) and time.monotonic() - began < 600:
+        for item in task_json(endpoint, "list"):
+            if item["id"] in {s["id"] for s in submitted} and item["status"] not in (
+                    "queued", "claimed", "running"):
+                ended[item["id"]] = task_json(endpoint, "show", item["id"])
+        time.sleep(2)
+    assert len(ended) == len(submitted), f"{len(ended)} of {len(submitted)} ended"
+    took = time.monotonic() - began
+    for kind, worker in kinds.items():
+        mine = [ended[s["id"]] for s in submitted if s["agent_type"] == kind]
+        assert [t["status"] for t in mine] == ["succeeded"] * 3, mine
+        # Kinds pinned to none: only the claiming worker of that type takes them (the
+        # inbox worker of the same type never claims).
+        assert {t["worker"] for t in mine} == {worker}
+        assert [t["started_at"] for t in mine] == sorted(t["started_at"] for t in mine)
+        for earlier, later in zip(mine, mine[1:], strict=False):
+            assert earlier["ended_at"] <= later["claimed_at"], (earlier, later)
+        assert [claimed_lines(ssh, worker, t["id"]) for t in mine] == [1, 1, 1]
+    record("batch of 6 through the front door (2 claiming workers)", f"{took:.1f} s")
+
+
+def test_kill_9_of_the_service_mid_task_loses_nothing(ssh, endpoint, lab, repo):
+    """autocode-control killed with SIGKILL while a task runs (the agent waits on the
+    model): systemd starts it again, the worker's heartbeats and report wait for it, and the
+    task ends succeeded, claimed once."""
+    orch = lab.cfg.orchestrator.name
+    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
+                          "--budget", "10", "--prompt",
+                          "Wait 20 seconds first. Create the file k.txt containing exactly: k")
+    task_id = submitted["id"]
+    assert wait_for(endpoint, task_id, ("running",), 120)["status"] == "running"
+    before = ssh(orch, f"systemctl show -P MainPID {UNIT}").stdout.strip()
+    ssh(orch, f"systemctl kill -s KILL {UNIT}")
+    deadline = time.monotonic() + 60
+    while True:
+        now = ssh(orch, f"systemctl show -P MainPID {UNIT}").stdout.strip()
+        active = ssh(orch, f"systemctl is-active {UNIT}", check=False).stdout.strip()
+        if now not in ("0", before) and active == "active":
+            break
+        assert time.monotonic() < deadline, "autocode-control did not come back"
+        time.sleep(1)
+    # The service's port answers again before the task can be shown.
+    shown = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run = task(endpoint, "show", task_id, "--json", check_code=None)
+        if run.returncode == 0 and json.loads(run.stdout)["status"] not in (
+                "claimed", "running"):
+            shown = json.loads(run.stdout)
+            break
+        time.sleep(2)
+    assert shown is not None and shown["status"] == "succeeded", shown
+    assert claimed_lines(ssh, CLAIMING, task_id) == 1
