@@ -299,6 +299,32 @@ def test_a_workers_certificate_is_worth_nothing_from_another_worker(ssh, lab):
     assert (stolen, own) == ("403", "404")
 
 
+def test_a_task_over_its_budget_is_refused_at_the_proxy_and_costs_nothing(ssh, endpoint,
+                                                                          repo):
+    """A budget far under the worst case of one call: the proxy refuses the call before
+    it goes upstream (the provider's error shape), the service ends the task
+    refused_budget, nothing is metered for it; the worker goes on (the batch below)."""
+    submitted = task_json(endpoint, "submit", "--repo", str(repo), "--worker", CLAIMING,
+                          "--budget", "0.01", "--prompt",
+                          "Create the file b.txt containing exactly: b")
+    ended = wait_for(endpoint, submitted["id"], ("succeeded", "failed", "cancelled",
+                                                 "interrupted", "refused_budget"), 180)
+    assert ended["status"] == "refused_budget", ended
+    assert ended["metered"]["cost_usd"] == "0" and ended["metered"]["calls"] == 0
+    # The refusals, in the task's record of hosts (the proxy writes its summary every few
+    # seconds).
+    deadline = time.monotonic() + 30
+    while True:
+        hosts = task_json(endpoint, "show", submitted["id"])["hosts"]
+        refused = {host: entry for host, entry in hosts.items() if entry["refused"]}
+        if refused or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert refused, hosts
+    reasons = " ".join(" ".join(e["reasons"]) for e in refused.values())
+    assert "budget" in reasons, refused
+
+
 def claimed_lines(ssh, worker: str, task_id: str) -> int:
     journal = ssh(worker, f"journalctl -u {WORKER_UNIT} --no-pager -o cat").stdout
     return journal.count(f"claimed task {task_id} ")
