@@ -279,7 +279,8 @@ def test_cancel_kills_the_agent_under_its_own_account(lab, ssh, endpoint, repo):
 def test_a_workers_certificate_is_worth_nothing_from_another_worker(ssh, lab):
     """worker3's client certificate and key, copied by root to worker4: from worker4's
     address the workers' API refuses them (the name must be the address's worker); from
-    worker3 the same request is taken (404: no such task, not 403)."""
+    worker3 the same request is taken as worker3's (and refused only for the task, which
+    is not worker3's)."""
     port, orch = ORCH["control_worker_port"], lab.cfg.orchestrator.worker_addr
     pair = {name: ssh(CLAIMING, f"cat /etc/autocode/control-client/worker.{name}").stdout
             for name in ("crt", "key")}
@@ -287,16 +288,21 @@ def test_a_workers_certificate_is_worth_nothing_from_another_worker(ssh, lab):
     ssh(thief, "install -d -m 700 /root/stolen")
     for name, text in pair.items():
         ssh(thief, f"cat > /root/stolen/worker.{name}", input=text)
-    request = (f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' -X POST "
-               f"--cacert /etc/ssl/certs/autocode-platform-ca.pem --cert {{dir}}/worker.crt "
-               f"--key {{dir}}/worker.key "
-               f"https://{orch}:{port}/v1/worker/tasks/t-000000-0000000000/heartbeat")
+    def request(folder: str) -> str:
+        return (f"curl -sS -m 10 -X POST "
+                f"--cacert /etc/ssl/certs/autocode-platform-ca.pem --cert {folder}/worker.crt "
+                f"--key {folder}/worker.key "
+                f"https://{orch}:{port}/v1/worker/tasks/t-000000-0000000000/heartbeat")
     try:
-        stolen = ssh(thief, request.format(dir="/root/stolen"), check=False).stdout
-        own = ssh(CLAIMING, request.format(dir="/etc/autocode/control-client")).stdout
+        stolen = ssh(thief, request("/root/stolen"), check=False).stdout
+        own = ssh(CLAIMING, request("/etc/autocode/control-client")).stdout
     finally:
         ssh(thief, "rm -rf /root/stolen")
-    assert (stolen, own) == ("403", "404")
+    assert json.loads(stolen)["error"] == \
+        f"certificate '{CLAIMING}' from {lab.cfg.worker(4).worker_addr} is not that " \
+        "address's worker", stolen
+    assert json.loads(own)["error"] == \
+        f"task 't-000000-0000000000' is not held by {CLAIMING}", own
 
 
 def test_a_task_over_its_budget_is_refused_at_the_proxy_and_costs_nothing(ssh, endpoint,
