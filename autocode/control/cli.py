@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(f"autocode: {exc}", file=sys.stderr)
         return _exit_for(exc)
+    except BrokenPipeError:
+        # Read by `head` or a pager that quit: the reader has what it wanted. Python's
+        # advice: point stdout at devnull so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _endpoint_path(given: Path | None) -> Path:

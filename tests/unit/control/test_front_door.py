@@ -202,6 +202,19 @@ def test_a_worker_pushes_only_its_tasks_branch_and_reads_only_its_tasks_repo(doo
     client.finish(second["id"], "failed", "test over")
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(door):
+    """`autocode task list | head -1`: the reader goes before the listing is written (here
+    its end of the pipe is closed at once); the CLI stops quietly, status 0."""
+    door.task_json("submit", "--repo", str(door.src), "--prompt", "p", "--agent",
+                   "claude-code")
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "autocode.control.cli", "--control", str(door.endpoint),
+         "task", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    listing.stdout.close()
+    stderr = listing.stderr.read().decode()
+    assert listing.wait(60) == 0 and stderr == "", stderr
+
+
 def test_bad_input_at_the_cli_queues_nothing_and_says_why(door, tmp_path):
     empty = tmp_path / "empty"
     door.git("init", "-q", str(empty), cwd=tmp_path)
