@@ -1,6 +1,11 @@
-"""Fixtures shared by the unit tests that need a real OpenBao server (testing/openbao.py)."""
+"""Fixtures shared by unit tests: a real OpenBao server (testing/openbao.py), and a folder
+every account can traverse (for children run as another account)."""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +33,13 @@ def ready(bao, tmp_path):
     admin = bao.api(keys.load()["admin_token"])
     vault.ensure_mount(admin)
     return bao, keys, admin
+
+
+@pytest.fixture
+def open_tree():
+    """A folder every account can traverse, as the deploy's data tree is (a pytest tmp_path
+    is root's alone)."""
+    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="autocode-open-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

@@ -11,8 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -43,15 +41,6 @@ with open(os.environ["RECORD"], "a") as handle:
 print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "num_turns": 1,
                   "result": "done", "session_id": "s", "total_cost_usd": 0.01}))
 """
-
-
-@pytest.fixture
-def open_tree():
-    """A folder every account can traverse, as the deploy's data tree is."""
-    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="autocode-agent-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @needs_root

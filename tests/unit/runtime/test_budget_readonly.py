@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,15 +27,6 @@ try:
 except Exception as exc:
     print(type(exc).__name__)
 """
-
-
-@pytest.fixture
-def open_tree():
-    """A folder every account can traverse (a pytest tmp_path is root's alone)."""
-    base = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="autocode-ledger-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_read_only_sees_every_charge_and_writes_nothing(tmp_path):
